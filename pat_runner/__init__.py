@@ -1,1 +1,20 @@
-"""PAT model service: the Pretrained Actigraphy Transformer, its pre- and post-processing, served by BentoML."""
+"""PAT model service: the Pretrained Actigraphy Transformer, its pre- and post-processing,
+served by BentoML."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pat_runner.keras_h5 import load_pat
+
+__all__ = ["load_pat"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use so that light modules (settings, errors) do not pull in torch and h5py.
+    if name == "load_pat":
+        from pat_runner.keras_h5 import load_pat
+
+        return load_pat
+    raise AttributeError(f"module 'pat_runner' has no attribute {name!r}")
