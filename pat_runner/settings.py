@@ -69,6 +69,10 @@ class Settings:
     max_missing_fraction: float = field(
         default_factory=lambda: _env_float("PAT_MAX_MISSING_FRACTION", 0.5)
     )
+    # runs of exact zeros at least this long are non-wear (missing); 0 disables
+    nonwear_zero_run_minutes: int = field(
+        default_factory=lambda: _env_int("PAT_NONWEAR_ZERO_RUN_MINUTES", 1_440)
+    )
 
     # request limits
     max_request_bytes: int = field(default_factory=lambda: _env_int("PAT_MAX_REQUEST_BYTES", 16 * 2**20))
@@ -78,6 +82,9 @@ class Settings:
     # cache
     redis_url: str = field(default_factory=lambda: _env("PAT_REDIS_URL", ""))
     redis_ca_file: str = field(default_factory=lambda: _env("PAT_REDIS_CA_FILE", ""))
+    redis_password: str = field(default_factory=lambda: _env("PAT_REDIS_PASSWORD", ""))
+    # prefix of every Redis key, so deployments (or tests) can share one Redis server
+    cache_namespace: str = field(default_factory=lambda: _env("PAT_CACHE_NAMESPACE", "pat"))
     redis_timeout_ms: int = field(default_factory=lambda: _env_int("PAT_REDIS_TIMEOUT_MS", 100))
     redis_retry_after_s: float = field(default_factory=lambda: _env_float("PAT_REDIS_RETRY_AFTER_S", 5.0))
     cache_ttl_s: int = field(default_factory=lambda: _env_int("PAT_CACHE_TTL_S", 24 * 3600))
@@ -93,6 +100,9 @@ class Settings:
     )
     auth_check_revoked: bool = field(default_factory=lambda: _env_bool("PAT_AUTH_CHECK_REVOKED", True))
     allow_auth_emulator: bool = field(default_factory=lambda: _env_bool("PAT_ALLOW_AUTH_EMULATOR", False))
+    # Application Default Credentials from the platform (GKE/Cloud Run metadata server) when
+    # GOOGLE_APPLICATION_CREDENTIALS is unset; off by default so nothing probes the metadata address.
+    firebase_adc: bool = field(default_factory=lambda: _env_bool("PAT_FIREBASE_ADC", False))
     protect_docs: bool = field(default_factory=lambda: _env_bool("PAT_PROTECT_DOCS", True))
     protect_metrics: bool = field(default_factory=lambda: _env_bool("PAT_PROTECT_METRICS", True))
 

@@ -1,0 +1,437 @@
+"""Device export files → `RawRecording`: ActiGraph `.agd` and CSV exports, Actiwatch `.AWD`.
+
+Formats (`../shared/data/actigraphy/README.md`; ActiGraph, "ActiLife data file formats"):
+
+* **ActiGraph `.agd`** — an SQLite database: `settings(settingName, settingValue)` with `epochlength`
+  (seconds), `startdatetime` (.NET ticks: 100-ns units since 0001-01-01), `devicename`, `deviceserial`;
+  `data(dataTimestamp, axis1, …)` with one row per epoch, `axis1` the vertical-axis counts that NHANES and
+  the classic sleep algorithms use.
+* **ActiLife CSV export** — 10 header lines (`… date format M/d/yyyy …`, `Serial Number:`, `Start Time`,
+  `Start Date`, `Epoch Period (hh:mm:ss)`, …), then epochs, with or without a column header line
+  (`Axis1,Axis2,…` or `Date,Time,Axis1,…`); without one the first column is axis 1.
+* **Tidy CSV** — a `timestamp` column and an `axis1` column, one row per epoch (the form R packages such as
+  actigraph.sleepr write); the epoch is the smallest step between timestamps.
+* **Actiwatch `.AWD`** — 7 header lines (name, start date `dd-Mon-yyyy`, start time, epoch code, age,
+  serial, sex), then one count per line, optionally followed by a marker column.
+
+Devices keep their clock through daylight-saving changes, so a file's naive timestamps are read as
+local time in the client's `timezone` at the start only, and later epochs follow in elapsed time; rows
+are placed by their timestamps where the file has them, so gaps become missing epochs. Timestamps that
+carry an offset (`…Z`) are absolute and used as such. The client's file name only selects the format by
+its extension; it is never used as a path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import re
+import sqlite3
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import PurePath
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from pat_runner.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from pat_runner.preprocess import SUPPORTED_EPOCH_SECONDS, RawRecording, check_epoch_seconds, load_zone
+from pat_runner.settings import get_settings
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+ACTILIFE_BANNER = "Data File Created By ActiGraph"
+ACTILIFE_HEADER_LINES = 10
+AWD_HEADER_LINES = 7
+#: Actiwatch epoch codes (line 4 of an .AWD header) → seconds.
+AWD_EPOCH_CODES = {"1": 15, "2": 30, "4": 60, "8": 120, "20": 300, "81": 2, "C1": 5}
+DOTNET_EPOCH = datetime(1, 1, 1)
+TICKS_PER_SECOND = 10_000_000
+SUPPORTED_FORMATS = "ActiGraph .agd, ActiGraph ActiLife CSV export, timestamp/axis1 CSV, Actiwatch .awd"
+
+_DOTNET_DATE_TOKENS = {"yyyy": "%Y", "MM": "%m", "M": "%m", "dd": "%d", "d": "%d", "MMM": "%b"}
+
+
+def read_recording_file(data: bytes, filename: str, *, timezone: str, max_bytes: int) -> RawRecording:
+    """Read an uploaded device export into a recording of per-epoch vertical-axis counts.
+
+    Raises `PayloadTooLarge` (413) above `max_bytes`, `UnsupportedMediaType` (415) for a format that is
+    not one of `SUPPORTED_FORMATS`, and `InvalidInput` (422) for a corrupt file, naming where.
+    """
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"the file is {len(data):,} bytes, more than the maximum of {max_bytes:,}")
+    zone = load_zone(timezone)
+    if not data:
+        raise InvalidInput("the file is empty")
+    extension = PurePath(filename or "").suffix.lower()
+    if data.startswith(SQLITE_MAGIC):
+        return _read_agd(data, zone, timezone)
+    if extension == ".agd":
+        raise InvalidInput("the .agd file is not an SQLite database (ActiLife .agd files are)")
+    if b"\x00" in data[:4096]:
+        raise UnsupportedMediaType(f"binary file of an unsupported format; supported: {SUPPORTED_FORMATS}")
+    lines = data.decode("utf-8-sig", errors="replace").splitlines()
+    if lines and ACTILIFE_BANNER in lines[0]:
+        return _read_actilife_csv(lines, zone, timezone)
+    if extension == ".awd" or (extension not in {".csv", ".txt"} and _looks_like_awd(lines)):
+        return _read_awd(lines, zone, timezone)
+    header = [cell.strip().lower() for cell in lines[0].split(",")] if lines else []
+    if "timestamp" in header and "axis1" in header:
+        return _read_tidy_csv(lines, zone, timezone)
+    raise UnsupportedMediaType(f"unrecognised file layout; supported: {SUPPORTED_FORMATS}")
+
+
+def localize(naive: datetime, zone: ZoneInfo, name: str, where: str) -> datetime:
+    """A device's naive local start time as an aware instant; nonexistent or repeated clock times
+    (DST changes) are refused, because they do not say which instant the recording began."""
+    aware = naive.replace(tzinfo=zone)
+    first, second = aware.replace(fold=0).utcoffset(), aware.replace(fold=1).utcoffset()
+    if first != second:
+        exists = aware.astimezone(ZoneInfo("UTC")).astimezone(zone).replace(tzinfo=None) == naive
+        problem = "occurs twice" if exists else "does not exist"
+        raise InvalidInput(
+            f"{where}: local time {naive.isoformat()} {problem} in {name} (daylight-saving change); "
+            "the start instant is ambiguous; name a fixed-offset zone instead (e.g. Etc/GMT+5 for UTC-5)"
+        )
+    return aware
+
+
+# --- ActiGraph .agd (SQLite) ---------------------------------------------------------------------
+
+
+def _read_agd(data: bytes, zone: ZoneInfo, name: str) -> RawRecording:
+    # sqlite3 opens files, not bytes: a private temporary file, read-only, removed afterwards.
+    with tempfile.TemporaryDirectory(prefix="pat-agd-") as directory:
+        path = os.path.join(directory, "upload.agd")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        try:
+            connection = sqlite3.connect(f"{PurePath(path).as_uri()}?mode=ro&immutable=1", uri=True)
+        except sqlite3.Error as exc:
+            raise InvalidInput(f"the .agd file cannot be opened as SQLite ({exc})") from None
+        try:
+            return _agd_recording(connection, zone, name)
+        except sqlite3.Error as exc:
+            raise InvalidInput(f"the .agd file is not a readable ActiLife database ({exc})") from None
+        except UnicodeDecodeError:
+            # SQLite's own error text about a damaged schema can hold bytes that are not UTF-8.
+            raise InvalidInput("the .agd file is not a readable ActiLife database (damaged schema)") from None
+        finally:
+            connection.close()
+
+
+def _agd_recording(connection: sqlite3.Connection, zone: ZoneInfo, name: str) -> RawRecording:
+    # An uploaded database is untrusted: its schema must not run functions, and only real tables count.
+    connection.execute("PRAGMA trusted_schema = OFF")
+    connection.text_factory = _decode_text
+    connection.execute("PRAGMA cell_size_check = ON")
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for table in ("settings", "data"):
+        if table not in tables:
+            raise InvalidInput(f"the .agd file has no '{table}' table")
+    settings = dict(connection.execute("SELECT settingName, settingValue FROM settings").fetchall())
+    epoch = _agd_int(settings, "epochlength")
+    check_epoch_seconds(epoch, where="settings.epochlength")
+    start_ticks = _agd_int(settings, "startdatetime")
+    start = localize(_from_ticks(start_ticks, "settings.startdatetime"), zone, name, "settings.startdatetime")
+    rows = connection.execute("SELECT dataTimestamp, axis1 FROM data ORDER BY dataTimestamp").fetchall()
+    if not rows:
+        raise InvalidInput("the .agd file has no epochs in its 'data' table")
+    try:
+        ticks = np.array([row[0] for row in rows], dtype=np.int64)
+        counts = np.array([np.nan if row[1] is None else row[1] for row in rows], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidInput("data: dataTimestamp and axis1 must be numbers") from None
+    values = _place(
+        ticks - start_ticks, epoch * TICKS_PER_SECOND, counts, epoch, lambda i: f"data row {i + 1}"
+    )
+    device = _device("ActiGraph", settings.get("devicename"), settings.get("deviceserial"))
+    return RawRecording(start=start, timezone=name, epoch_seconds=epoch, values=values, device=device)
+
+
+def _decode_text(raw: bytes) -> str:
+    # Text cells of a damaged file may not be valid UTF-8; they only ever end up in error messages.
+    return raw.decode("utf-8", errors="replace")
+
+
+def _agd_int(settings: dict[str, str], key: str) -> int:
+    raw = settings.get(key)
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise InvalidInput(f"settings.{key}: expected an integer, got {raw!r}") from None
+
+
+def _from_ticks(ticks: int, where: str) -> datetime:
+    try:
+        return DOTNET_EPOCH + timedelta(microseconds=ticks // 10)
+    except OverflowError:
+        raise InvalidInput(f"{where}: {ticks} is not a valid .NET tick count") from None
+
+
+# --- CSV exports -----------------------------------------------------------------------------------
+
+
+def _read_actilife_csv(lines: list[str], zone: ZoneInfo, name: str) -> RawRecording:
+    header = lines[:ACTILIFE_HEADER_LINES]
+    text = "\n".join(header)
+    banner = header[0]
+    date_format = _strptime_format(_search(r"date format\s+(\S+)", banner) or "M/d/yyyy", "line 1")
+    start_time = _search(r"Start Time\s+(\d{1,2}:\d{2}:\d{2})", text)
+    start_date = _search(r"Start Date\s+(\S+)", text)
+    epoch_hms = re.search(r"Epoch Period \(hh:mm:ss\)\s+(\d{1,2}):(\d{2}):(\d{2})", text)
+    if start_time is None or start_date is None or epoch_hms is None:
+        raise InvalidInput(
+            "ActiLife CSV header: lines 1-10 must give 'Start Time', 'Start Date' and "
+            "'Epoch Period (hh:mm:ss)'"
+        )
+    try:
+        naive_start = datetime.strptime(f"{start_date} {start_time}", f"{date_format} %H:%M:%S")
+    except ValueError:
+        raise InvalidInput(
+            f"ActiLife CSV header: start {start_date} {start_time} does not match the file's date format"
+        ) from None
+    hours, minutes, seconds = (int(part) for part in epoch_hms.groups())
+    epoch = hours * 3600 + minutes * 60 + seconds
+    check_epoch_seconds(epoch, where="ActiLife CSV header 'Epoch Period'")
+    start = localize(naive_start, zone, name, "ActiLife CSV header 'Start Date'/'Start Time'")
+
+    body = lines[ACTILIFE_HEADER_LINES:]
+    first_line = ACTILIFE_HEADER_LINES + 1
+    has_columns = bool(body) and re.search(r"[A-Za-z]", body[0]) is not None
+    _check_span(len(body) - int(has_columns), epoch)
+    table = _read_table(body, header=has_columns, first_line=first_line)
+    columns = {str(column).strip().lower(): column for column in table.columns}
+    data_line = first_line + (1 if has_columns else 0)
+    if not has_columns:
+        counts = _numbers(table[table.columns[0]], "axis 1 (column 1)", data_line)
+        values = counts
+    else:
+        if "axis1" not in columns:
+            raise InvalidInput(f"line {first_line}: the column header has no 'Axis1' column")
+        counts = _numbers(table[columns["axis1"]], "Axis1", data_line)
+        stamps = _csv_timestamps(table, columns, date_format, data_line)
+        if stamps is None:
+            values = counts
+        else:
+            offsets = _offsets_us(stamps, pd.Timestamp(naive_start))
+            values = _place(offsets, epoch * 1_000_000, counts, epoch, lambda i: f"line {data_line + i}")
+    device = _device(
+        "ActiGraph", _search(r"ActiGraph\s+(\S+)", banner), _search(r"Serial Number:\s*(\S+)", text)
+    )
+    return RawRecording(start=start, timezone=name, epoch_seconds=epoch, values=values, device=device)
+
+
+def _read_tidy_csv(lines: list[str], zone: ZoneInfo, name: str) -> RawRecording:
+    _check_span(len(lines) - 1, min(SUPPORTED_EPOCH_SECONDS))
+    table = _read_table(lines, header=True, first_line=1)
+    columns = {str(column).strip().lower(): column for column in table.columns}
+    if table.empty:
+        raise InvalidInput("the CSV file has a header but no rows")
+    counts = _numbers(table[columns["axis1"]], "axis1", 2)
+    raw = table[columns["timestamp"]].astype(str).str.strip()
+    # Parsed as UTC first to find unreadable rows; naive stamps are taken back to wall-clock time below.
+    stamps = pd.to_datetime(raw, format="ISO8601", errors="coerce", utc=True)
+    bad = stamps.isna().to_numpy()
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InvalidInput(f"line {row + 2}: {raw.iloc[row][:40]!r} is not an ISO-8601 timestamp")
+    aware = raw.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True).to_numpy()
+    if aware.any() and not aware.all():
+        row = int(np.argmax(aware != aware[0]))
+        raise InvalidInput(f"line {row + 2}: timestamps must all have a UTC offset or all have none")
+    if not aware.all():
+        stamps = stamps.dt.tz_localize(None)
+    first = stamps.iloc[0]
+    offsets = _offsets_us(stamps, first)
+    steps = np.diff(offsets)
+    positive = steps[steps > 0]
+    if not positive.size:
+        raise InvalidInput("timestamp: need at least two distinct timestamps to know the epoch length")
+    epoch_us = int(positive.min())
+    if epoch_us % 1_000_000:
+        raise InvalidInput(f"timestamp: the epoch of {epoch_us / 1e6:g} s is not a whole number of seconds")
+    epoch = epoch_us // 1_000_000
+    check_epoch_seconds(epoch, where="timestamp (epoch inferred from the smallest step)")
+    values = _place(offsets, epoch_us, counts, epoch, lambda i: f"line {i + 2}")
+    if aware.all():
+        start = first.to_pydatetime().astimezone(zone)
+    else:
+        start = localize(first.to_pydatetime(), zone, name, "line 2")
+    return RawRecording(start=start, timezone=name, epoch_seconds=epoch, values=values)
+
+
+def _read_table(lines: list[str], *, header: bool, first_line: int) -> pd.DataFrame:
+    try:
+        return pd.read_csv(
+            io.StringIO("\n".join(lines)),
+            header=0 if header else None,
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=True,
+            on_bad_lines="error",
+        )
+    except pd.errors.EmptyDataError:
+        raise InvalidInput(f"line {first_line}: the file has no epochs") from None
+    except (pd.errors.ParserError, csv.Error, ValueError) as exc:
+        raise InvalidInput(f"the CSV table from line {first_line} cannot be parsed: {exc}") from None
+
+
+def _numbers(column: pd.Series, label: str, first_line: int) -> np.ndarray:
+    text = column.astype(str).str.strip()
+    numbers = pd.to_numeric(text.where(text != ""), errors="coerce").to_numpy(dtype=np.float64)
+    unparsable = np.isnan(numbers) & (text != "").to_numpy()
+    if unparsable.any():
+        row = int(np.argmax(unparsable))
+        raise InvalidInput(f"line {first_line + row}: {label} value {text.iloc[row][:32]!r} is not a number")
+    if not numbers.size:
+        raise InvalidInput(f"line {first_line}: the file has no epochs")
+    return numbers
+
+
+def _csv_timestamps(
+    table: pd.DataFrame, columns: dict[str, str], date_format: str, first_line: int
+) -> pd.Series | None:
+    if "timestamp" in columns:
+        raw = table[columns["timestamp"]].astype(str).str.strip()
+        time_format = "ISO8601"
+    elif "date" in columns and "time" in columns:
+        raw = (
+            table[columns["date"]].astype(str).str.strip()
+            + " "
+            + table[columns["time"]].astype(str).str.strip()
+        )
+        time_format = f"{date_format} %H:%M:%S"
+    else:
+        return None
+    try:
+        parsed = pd.to_datetime(raw, format=time_format, errors="coerce")
+    except (ValueError, TypeError):
+        # pandas refuses a column mixing UTC offsets outright instead of coercing row by row.
+        raise InvalidInput(
+            f"line {first_line}: ActiLife exports carry local times without a UTC offset"
+        ) from None
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InvalidInput(f"line {first_line + row}: {raw.iloc[row][:40]!r} is not a date and time")
+    if parsed.dt.tz is not None:
+        raise InvalidInput(f"line {first_line}: ActiLife exports carry local times without a UTC offset")
+    return parsed
+
+
+def _offsets_us(stamps: pd.Series, start: pd.Timestamp) -> np.ndarray:
+    return ((stamps - start) // pd.Timedelta(microseconds=1)).to_numpy(dtype=np.int64)
+
+
+def _strptime_format(dotnet: str, where: str) -> str:
+    """A .NET date pattern such as `M/d/yyyy` or `dd-MM-yyyy` as a `strptime` format."""
+    parts = re.findall(r"y+|M+|d+|[^yMd]+", dotnet)
+    converted = []
+    for part in parts:
+        if part[0] in "yMd":
+            if part not in _DOTNET_DATE_TOKENS:
+                raise InvalidInput(f"{where}: unsupported date format {dotnet!r}")
+            converted.append(_DOTNET_DATE_TOKENS[part])
+        else:
+            converted.append(part.replace("%", "%%"))
+    return "".join(converted)
+
+
+# --- Actiwatch .AWD ------------------------------------------------------------------------------
+
+
+def _looks_like_awd(lines: list[str]) -> bool:
+    return (
+        len(lines) > AWD_HEADER_LINES
+        and re.fullmatch(r"\d{1,2}-[A-Za-z]{3}-\d{4}", lines[1].strip()) is not None
+        and lines[3].strip().upper() in AWD_EPOCH_CODES
+    )
+
+
+def _read_awd(lines: list[str], zone: ZoneInfo, name: str) -> RawRecording:
+    if len(lines) <= AWD_HEADER_LINES:
+        raise InvalidInput(f"the .awd file has {len(lines)} lines; it needs a 7-line header and epochs")
+    date_text, time_text, code = (lines[i].strip() for i in (1, 2, 3))
+    try:
+        day = datetime.strptime(date_text, "%d-%b-%Y")
+    except ValueError:
+        raise InvalidInput(f"line 2: start date {date_text[:20]!r} is not like 01-Jan-2018") from None
+    clock = None
+    for pattern in ("%H:%M", "%H:%M:%S"):
+        with contextlib.suppress(ValueError):
+            clock = datetime.strptime(time_text, pattern)
+    if clock is None:
+        raise InvalidInput(f"line 3: start time {time_text[:20]!r} is not like 08:30")
+    if code.upper() not in AWD_EPOCH_CODES:
+        raise InvalidInput(
+            f"line 4: epoch code {code[:8]!r} is not one of {', '.join(AWD_EPOCH_CODES)} "
+            "(1 = 15 s, 2 = 30 s, 4 = 1 min, …)"
+        )
+    epoch = AWD_EPOCH_CODES[code.upper()]
+    check_epoch_seconds(epoch, where=f"line 4 (epoch code {code})")
+    naive_start = day.replace(hour=clock.hour, minute=clock.minute, second=clock.second)
+    start = localize(naive_start, zone, name, "lines 2-3")
+
+    body = lines[AWD_HEADER_LINES:]
+    # A count, optionally followed by a marker (e.g. "M") or further columns: the count comes first.
+    while body and not body[-1].strip():
+        body = body[:-1]
+    _check_span(len(body), epoch)
+    first_fields = pd.Series(body, dtype=str).str.extract(r"^\s*([^,\s]*)", expand=False).fillna("")
+    values = _numbers(first_fields, "activity count", AWD_HEADER_LINES + 1)
+    device = _device("Philips Respironics", "Actiwatch", lines[5])
+    return RawRecording(start=start, timezone=name, epoch_seconds=epoch, values=values, device=device)
+
+
+# --- shared ------------------------------------------------------------------------------------
+
+
+def _place(
+    offsets: np.ndarray, per_epoch: int, counts: np.ndarray, epoch: int, row_label: Callable[[int], str]
+) -> np.ndarray:
+    """Counts placed on the epoch grid by their time offsets from the start; absent epochs are NaN."""
+    off_grid = (offsets < 0) | (offsets % per_epoch != 0)
+    if off_grid.any():
+        row = int(np.argmax(off_grid))
+        raise InvalidInput(
+            f"{row_label(row)}: the timestamp is not on the {epoch}-s epoch grid that starts at the "
+            "recording's start"
+        )
+    index = offsets // per_epoch
+    not_increasing = np.diff(index) <= 0
+    if not_increasing.any():
+        row = int(np.argmax(not_increasing)) + 1
+        raise InvalidInput(f"{row_label(row)}: the timestamp repeats or goes back in time")
+    _check_span(int(index[-1]) + 1, epoch)
+    values = np.full(int(index[-1]) + 1, np.nan)
+    values[index] = counts
+    return values
+
+
+def _check_span(epochs: int, epoch: int) -> None:
+    # Checked here as well as in preprocessing so a hostile timestamp cannot make us allocate a huge grid.
+    maximum = get_settings().max_recording_minutes
+    minutes = -(-epochs * epoch // 60)
+    if minutes > maximum:
+        raise InvalidInput(
+            f"the file spans {minutes:,} minutes, longer than the maximum of {maximum:,}; send it in parts"
+        )
+
+
+def _device(manufacturer: str, model: object, serial: object) -> dict[str, str]:
+    """The wearable as FHIR `Device` fields (`fhir.DeviceInfo`, at most 128 characters each)."""
+    device = {"manufacturer": manufacturer}
+    for key, value in (("model", model), ("serial", serial)):
+        text = str(value).strip() if value is not None else ""
+        if text:
+            device[key] = text[:128]
+    return device
+
+
+def _search(pattern: str, text: str) -> str | None:
+    match = re.search(pattern, text)
+    return match.group(1) if match else None
