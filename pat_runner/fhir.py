@@ -113,7 +113,7 @@ class DeviceInfo(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"manufacturer": "ActiGraph", "model": "GT3X+", "serial": "TAS1D47140221"}]
+            "example": {"manufacturer": "ActiGraph", "model": "GT3X+", "serial": "TAS1D47140221"}
         },
     )
 

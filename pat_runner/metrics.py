@@ -105,26 +105,24 @@ class ActigraphyMetrics(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [
-                {
-                    "unit": "counts",
-                    "minutes": 10080,
-                    "observed_minutes": 10020,
-                    "interdaily_stability": 0.62,
-                    "intradaily_variability": 0.71,
-                    "relative_amplitude": 0.93,
-                    "l5": 8.4,
-                    "l5_onset": "01:17",
-                    "m10": 412.0,
-                    "m10_onset": "08:45",
-                    "sleep_method": "cole_kripke",
-                    "nights": [],
-                    "days": [],
-                    "valid_days": 7,
-                    "reasons": {},
-                    "notes": [],
-                }
-            ]
+            "example": {
+                "unit": "counts",
+                "minutes": 10080,
+                "observed_minutes": 10020,
+                "interdaily_stability": 0.62,
+                "intradaily_variability": 0.71,
+                "relative_amplitude": 0.93,
+                "l5": 8.4,
+                "l5_onset": "01:17",
+                "m10": 412.0,
+                "m10_onset": "08:45",
+                "sleep_method": "cole_kripke",
+                "nights": [],
+                "days": [],
+                "valid_days": 7,
+                "reasons": {},
+                "notes": [],
+            }
         }
     )
 

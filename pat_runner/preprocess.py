@@ -75,25 +75,23 @@ class QualityReport(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [
-                {
-                    "total_minutes": 10_080,
-                    "observed_minutes": 10_020,
-                    "missing_minutes": 60,
-                    "missing_fraction": 0.006,
-                    "nonwear_minutes": 0,
-                    "longest_missing_run_minutes": 60,
-                    "padded_minutes": 0,
-                    "dropped_minutes": 0,
-                    "windows": 1,
-                    "window_stride_minutes": 10_080,
-                    "standardization": "per_recording",
-                    "epoch_seconds": 60,
-                    "timezone": "America/New_York",
-                    "start": "2024-03-04T05:00:00Z",
-                    "end": "2024-03-11T05:00:00Z",
-                }
-            ]
+            "example": {
+                "total_minutes": 10_080,
+                "observed_minutes": 10_020,
+                "missing_minutes": 60,
+                "missing_fraction": 0.006,
+                "nonwear_minutes": 0,
+                "longest_missing_run_minutes": 60,
+                "padded_minutes": 0,
+                "dropped_minutes": 0,
+                "windows": 1,
+                "window_stride_minutes": 10_080,
+                "standardization": "per_recording",
+                "epoch_seconds": 60,
+                "timezone": "America/New_York",
+                "start": "2024-03-04T05:00:00Z",
+                "end": "2024-03-11T05:00:00Z",
+            }
         }
     )
 

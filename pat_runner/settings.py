@@ -66,9 +66,7 @@ class Settings:
     max_recording_minutes: int = field(
         default_factory=lambda: _env_int("PAT_MAX_RECORDING_MINUTES", 8 * 10_080)
     )
-    max_missing_fraction: float = field(
-        default_factory=lambda: _env_float("PAT_MAX_MISSING_FRACTION", 0.5)
-    )
+    max_missing_fraction: float = field(default_factory=lambda: _env_float("PAT_MAX_MISSING_FRACTION", 0.5))
     # runs of exact zeros at least this long are non-wear (missing); 0 disables
     nonwear_zero_run_minutes: int = field(
         default_factory=lambda: _env_int("PAT_NONWEAR_ZERO_RUN_MINUTES", 1_440)

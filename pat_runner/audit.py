@@ -1,0 +1,232 @@
+"""One structured audit record per request, and the logging set-up that keeps health data and tokens
+out of every log.
+
+The record answers who called what, when, with what outcome: request id, caller uid and role,
+method, endpoint, status, latency, request/response sizes, and what the handler reports about the
+input (its SHA-256, number of recordings, minutes, model tag, cache outcome). It never holds a body,
+query value, header, result or subject identifier — the HIPAA Security Rule's audit-control standard
+(45 CFR 164.312(b)) asks for activity records, not the data itself.
+
+Handlers add fields by writing into `scope["state"]["audit"]` (a dict; `request.state.audit` in
+Starlette, `ctx.request.state.audit` in BentoML); only the names in `HANDLER_FIELDS` are recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pat_runner.auth import endpoint_label
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+audit_logger = logging.getLogger("pat.audit")
+
+REQUEST_ID_HEADER = b"x-request-id"
+# Upstream ids (a UUID, a trace id) are kept for correlation; anything else is replaced, so a client
+# cannot write free text into the log through this header.
+UPSTREAM_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{7,63}")
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# What a handler may add. An allow-list, so a stray field (a subject, a value) is dropped rather
+# than logged; add names here deliberately.
+HANDLER_FIELDS = frozenset(
+    {
+        "input_sha256",
+        "n_recordings",
+        "minutes",
+        "n_windows",
+        "model_tag",
+        "cache",
+        "upload_bytes",
+        "invalidated",
+        "auth_failure",
+    }
+)
+MAX_FIELD_CHARS = 128
+JsonScalar = str | int | float | bool | None
+
+
+def _scalar(value: Any) -> JsonScalar:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return str(value)[:MAX_FIELD_CHARS]
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name.lower() == REQUEST_ID_HEADER:
+            candidate = value.decode("latin-1")
+            if UPSTREAM_REQUEST_ID.fullmatch(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
+class AuditMiddleware:
+    """Pure ASGI middleware, outermost of the service's own: assigns the request id
+    (`scope["state"]["request_id"]`, response header `X-Request-ID`), prepares
+    `scope["state"]["audit"]`, and logs one record on `pat.audit` when the request ends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        request_id = _request_id(scope)
+        state["request_id"] = request_id
+        state["audit"] = {}
+        status = 500
+        request_bytes = 0
+        response_bytes = 0
+
+        async def counting_receive() -> Message:
+            nonlocal request_bytes
+            message = await receive()
+            if message["type"] == "http.request":
+                request_bytes += len(message.get("body", b""))
+            return message
+
+        async def tagging_send(message: Message) -> None:
+            nonlocal status, response_bytes
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER]
+                message["headers"] = [*headers, (REQUEST_ID_HEADER, request_id.encode())]
+            elif message["type"] == "http.response.body":
+                response_bytes += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tagging_send)
+        finally:
+            audit_logger.info(
+                "request",
+                extra={
+                    "audit": audit_record(
+                        scope,
+                        status=status,
+                        latency_ms=(time.perf_counter() - started) * 1000,
+                        request_bytes=request_bytes,
+                        response_bytes=response_bytes,
+                    )
+                },
+            )
+
+
+def audit_record(
+    scope: Scope, *, status: int, latency_ms: float, request_bytes: int, response_bytes: int
+) -> dict[str, JsonScalar]:
+    """The audit fields of a finished request; see the module docstring for what is left out."""
+    state = scope.get("state", {})
+    caller = state.get("caller")
+    method = str(scope.get("method", ""))
+    record: dict[str, JsonScalar] = {
+        "request_id": state.get("request_id"),
+        "caller_uid": getattr(caller, "uid", None),
+        "role": getattr(caller, "role", None),
+        "auth_mode": getattr(caller, "auth_mode", None),
+        "method": method if method in KNOWN_METHODS else "OTHER",
+        "endpoint": endpoint_label(str(scope.get("path", ""))),
+        "status": status,
+        "latency_ms": round(latency_ms, 1),
+        "request_bytes": request_bytes,
+        "response_bytes": response_bytes,
+    }
+    handler_fields = state.get("audit")
+    if isinstance(handler_fields, dict):
+        record.update(
+            {name: _scalar(value) for name, value in handler_fields.items() if name in HANDLER_FIELDS}
+        )
+    return record
+
+
+# A JWT's header is base64url of '{"' + ..., so every JWT starts with "eyJ"; Firebase ID tokens,
+# custom tokens and Google access tokens are JWTs or follow a Bearer scheme.
+JWT_PATTERN = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+BEARER_PATTERN = re.compile(r"(bearer\s+)[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE)
+REDACTED = "[REDACTED]"
+
+
+def redact_secrets(text: str) -> str:
+    return BEARER_PATTERN.sub(r"\1" + REDACTED, JWT_PATTERN.sub(REDACTED, text))
+
+
+class RedactSecretsFilter(logging.Filter):
+    """Defence in depth: rewrites any bearer token or JWT in a record's message, exception or stack
+    text before a handler formats it (the service never logs tokens on purpose; libraries might)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_secrets(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_secrets(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_secrets(record.stack_info)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC), level, logger, message, and the `audit` fields if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        audit = getattr(record, "audit", None)
+        if isinstance(audit, dict):
+            payload["audit"] = audit
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            payload["exception"] = record.exc_text
+        if record.stack_info:
+            payload["stack"] = record.stack_info
+        return json.dumps(payload, default=str)
+
+
+JSON_HANDLER_NAME = "pat-json"
+
+
+def configure_logging(level: str | int = "INFO") -> None:
+    """JSON logs for the `pat.*` loggers on stderr at `level` (also the root level), and the
+    redaction filter on every handler configured so far (BentoML's and uvicorn's included).
+    Idempotent: calling it again replaces the service's handler."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(JSON_HANDLER_NAME)
+    handler.setFormatter(JsonFormatter())
+    pat_logger = logging.getLogger("pat")
+    for existing in [h for h in pat_logger.handlers if h.get_name() == JSON_HANDLER_NAME]:
+        pat_logger.removeHandler(existing)
+    pat_logger.addHandler(handler)
+    pat_logger.setLevel(level)
+    pat_logger.propagate = False
+    logging.getLogger().setLevel(level)
+    loggers = [
+        logging.getLogger(),
+        *(lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)),
+    ]
+    for each in loggers:
+        for each_handler in each.handlers:
+            if not any(isinstance(f, RedactSecretsFilter) for f in each_handler.filters):
+                each_handler.addFilter(RedactSecretsFilter())

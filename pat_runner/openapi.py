@@ -1,0 +1,75 @@
+"""The OpenAPI document clients see: BentoML's generated spec plus what BentoML cannot know.
+
+BentoML documents request/response models; this adds the bearer-token security scheme, the error body
+and every error status the service can answer (so schema-based clients and fuzzers know them), and the
+`GET /v1/models` route served beside BentoML's POST endpoints. Served at `/docs.json` and exported to
+`docs/openapi.json` by `scripts/export_openapi.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pat_runner.schemas import ErrorBody, ModelsResponse
+
+API_PREFIX = "/v1/"
+ERROR_STATUSES = {
+    "401": "Missing, malformed, expired, revoked or foreign Firebase ID token (`unauthenticated`).",
+    "403": "Valid token without a role allowed on this endpoint (`forbidden`).",
+    "404": "No such endpoint (`not_found`).",
+    "413": "Body, upload or batch over the configured limit (`payload_too_large`).",
+    "415": "Unsupported upload type or content type (`unsupported_media_type`).",
+    "422": "Malformed JSON (`malformed_json`), schema violation (`validation_error`) or a recording that "
+    "cannot be analysed (`invalid_input`); the message says what and where.",
+    "429": "At the concurrency limit (`overloaded`); retry later.",
+    "503": "The PAT model service is unavailable (`model_unavailable`); metrics-only requests still work.",
+}
+OPEN_PATHS = ("/livez", "/readyz", "/healthz")
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def enrich(spec: dict[str, Any]) -> dict[str, Any]:
+    doc = copy.deepcopy(spec)
+    doc.setdefault("info", {})["title"] = "PAT model service"
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for model in (ErrorBody, ModelsResponse):
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(model_schema.pop("$defs", {}))
+        schemas[model.__name__] = model_schema
+    components.setdefault("securitySchemes", {})["firebaseIdToken"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "Firebase ID token; its custom claim `pat_role` (clinician, service, admin) "
+        "grants access.",
+    }
+    doc["security"] = [{"firebaseIdToken": []}]
+    error_content = {"application/json": {"schema": _ref("ErrorBody")}}
+    for path, operations in doc.get("paths", {}).items():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            if path in OPEN_PATHS:
+                operation["security"] = []
+                continue
+            responses = operation.setdefault("responses", {})
+            responses.pop("400", None)  # BentoML's 400 for validation errors is answered as 422 here
+            for status, description in ERROR_STATUSES.items():
+                if path.startswith(API_PREFIX) or status in ("401", "403"):
+                    responses[status] = {"description": description, "content": error_content}
+    models = doc.get("paths", {}).get("/v1/models", {}).get("post")
+    if models is not None:
+        get = copy.deepcopy(models)
+        get.pop("requestBody", None)
+        get["operationId"] = "models__get"
+        get["responses"]["200"] = {
+            "description": "Successful Response",
+            "content": {"application/json": {"schema": _ref("ModelsResponse")}},
+        }
+        doc["paths"]["/v1/models"]["get"] = get
+    return doc

@@ -1,0 +1,199 @@
+"""Request and response models of the HTTP API (v1).
+
+These pydantic models are the API's manual: BentoML turns them into the OpenAPI document served at
+`/docs.json` and the Swagger UI at `/`. The shape of `/v1/analyze` is a contract (see DESIGN.md):
+add fields freely, never rename these.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from zoneinfo import available_timezones
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from pat_runner.fhir import DeviceInfo
+from pat_runner.metrics import ActigraphyMetrics
+from pat_runner.preprocess import QualityReport
+
+Output = Literal["metrics", "pat", "fhir"]
+Unit = Literal["counts", "steps", "other"]
+
+# Hard schema caps; the configurable, tighter limits are checked in preprocessing (422 with a reason).
+MAX_VALUES = 12 * 10_080 * 4  # twelve weeks of 15-s epochs
+SUBJECT_PATTERN = r"^[A-Za-z]{1,64}/[A-Za-z0-9\-\.]{1,64}$"
+
+_EXAMPLE_VALUES: list[float | None] = [0, 12, None, 340, 512, 95, 0, 0]
+_TIMEZONES = frozenset(available_timezones())
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Recording(_Strict):
+    """Per-epoch activity from one wearable, starting at `start` (local clock of `timezone`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "start": "2024-03-04T00:00:00-05:00",
+                "timezone": "America/New_York",
+                "epoch_seconds": 60,
+                "values": _EXAMPLE_VALUES,
+                "unit": "counts",
+                "subject": "Patient/123",
+            }
+        },
+    )
+
+    start: AwareDatetime = Field(description="Start of the first epoch, ISO-8601 with a UTC offset.")
+    timezone: str = Field(
+        description="IANA time zone of the wearer (e.g. `America/New_York`); clock-time metrics use it.",
+        json_schema_extra={"example": "America/New_York"},
+        max_length=64,
+    )
+    epoch_seconds: int = Field(
+        60,
+        description="Epoch length in seconds; epochs shorter than a minute must divide 60 and are "
+        "summed to minutes.",
+        ge=1,
+        le=60,
+    )
+    values: list[float | None] = Field(
+        description="Activity per epoch; `null` = missing or off-wrist.",
+        max_length=MAX_VALUES,
+        min_length=1,
+    )
+    unit: Unit = Field(
+        "counts",
+        description="`counts` (ActiGraph-style activity counts; required for the cut-point and sleep "
+        "metrics), `steps`, or `other`.",
+    )
+    subject: str | None = Field(
+        None,
+        description="FHIR reference of the wearer (e.g. `Patient/123`); echoed only into the FHIR output.",
+        pattern=SUBJECT_PATTERN,
+    )
+    device: DeviceInfo | None = Field(None, description="The wearable, when known (FHIR `Device`).")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if value not in _TIMEZONES:
+            raise ValueError(f"unknown IANA time zone {value!r}")
+        return value
+
+
+class AnalyzeOptions(_Strict):
+    outputs: list[Output] = Field(
+        default_factory=lambda: ["metrics", "pat", "fhir"],
+        description="Which parts to compute. `fhir` alone returns only the Bundle (metrics and PAT "
+        "outputs are still computed for it, but not returned separately).",
+        min_length=1,
+        max_length=3,
+    )
+    sleep_algorithm: Literal["cole_kripke", "sadeh"] = Field(
+        "cole_kripke", description="Sleep/wake scoring algorithm for the sleep metrics."
+    )
+
+
+class AnalyzeRequest(_Strict):
+    """Body of `POST /v1/analyze`."""
+
+    recording: Recording
+    options: AnalyzeOptions = Field(default_factory=AnalyzeOptions)
+
+
+class ModelSummary(BaseModel):
+    tag: str = Field(description="BentoML model-store tag of the PAT that produced the outputs.")
+    size: str = Field(description="PAT size: S, M or L.")
+    demo: bool = Field(description="True for the randomly initialised demo model: outputs mean nothing.")
+    head_task: str | None = Field(None, description="Task of the fine-tuned classification head, if any.")
+
+
+class PatWindow(BaseModel):
+    index: int = Field(description="Window number, 0-based, in time order.")
+    start: datetime = Field(description="Start of the week window (UTC).")
+    end: datetime = Field(description="End of the week window, exclusive (UTC).")
+    observed_fraction: float = Field(description="Fraction of the window's minutes with data.")
+    embedding: list[float] = Field(description="Mean-pooled 96-d PAT encoder embedding of the window.")
+    probability: float | None = Field(
+        None, description="Probability from the fine-tuned head, when the served model has one."
+    )
+    patches: list[list[float]] | None = Field(
+        None, description="Per-patch 96-d embeddings (`/v1/embed` with `per_patch: true`)."
+    )
+
+
+class PatOutput(BaseModel):
+    standardization: str = Field(description="`per_recording` z-score or the model's `cohort_scaler`.")
+    windows: list[PatWindow]
+
+
+class AnalyzeResponse(BaseModel):
+    """Result of one recording."""
+
+    request_id: str
+    model: ModelSummary
+    quality: QualityReport
+    metrics: ActigraphyMetrics | None = None
+    pat: PatOutput | None = None
+    fhir: dict[str, Any] | None = Field(None, description="FHIR R4 Bundle (type `collection`).")
+    warnings: list[str] = Field(default_factory=list)
+    cache: Literal["hit", "miss", "bypass"] = Field(
+        "miss", description="Whether the result came from the encrypted result cache."
+    )
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(
+        description="Stable machine-readable error code.", json_schema_extra={"example": "invalid_input"}
+    )
+    message: str = Field(description="What is wrong and where.")
+    request_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error response has this body."""
+
+    error: ErrorDetail
+
+
+class BatchRequest(_Strict):
+    """Body of `POST /v1/analyze/batch`: several recordings, analysed independently."""
+
+    recordings: list[Recording] = Field(min_length=1, max_length=256)
+    options: AnalyzeOptions = Field(default_factory=AnalyzeOptions)
+
+
+class BatchItem(BaseModel):
+    result: AnalyzeResponse | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchResponse(BaseModel):
+    request_id: str
+    results: list[BatchItem] = Field(description="One item per recording, in request order.")
+
+
+class EmbedOptions(_Strict):
+    per_patch: bool = Field(False, description="Also return the per-patch embeddings (560 or 1120 × 96).")
+
+
+class EmbedResponse(BaseModel):
+    request_id: str
+    model: ModelSummary
+    quality: QualityReport
+    pat: PatOutput
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ModelsResponse(BaseModel):
+    models: list[dict[str, Any]] = Field(description="Metadata of the served PAT models.")
+
+
+class InvalidateResponse(BaseModel):
+    removed: int = Field(description="Number of cached results removed.")

@@ -1,0 +1,167 @@
+"""Serving benchmark through HTTP, next to in-process encode throughput from the same run.
+
+For each model: cold start of `bentoml serve` (process start → /readyz 200), single-request latency
+of `/v1/embed` (p50/p95, one week), throughput at a given concurrency with distinct weeks, and the
+cache-miss vs cache-hit latency of `/v1/analyze` (metrics + PAT). Auth is disabled (loopback server);
+the cache is the in-process one unless PAT_REDIS_URL is set.
+
+    .venv/bin/python scripts/bench_http.py                       # demo PAT-S + PAT-M fixture if present
+    .venv/bin/python scripts/bench_http.py --h5 models/PAT-M_29k_weights.h5 --concurrency 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.payloads import recording  # noqa: E402
+from tests.server import cache_key_env, start_server, stop_server  # noqa: E402
+
+FIXTURE_M = ROOT.parent / "shared" / "fixtures" / "pat_reference" / "PAT-M_random_seed0.h5"
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def import_model(home: Path, h5: Path | None) -> str:
+    code = (
+        "from pat_runner.store import ensure_demo_model, import_h5; import sys; "
+        "m = import_h5(sys.argv[1]) if sys.argv[1] else ensure_demo_model(); print(m.tag)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(h5 or "")],
+        env={**os.environ, "BENTOML_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def in_process_weeks_per_s(home: Path, tag: str, seconds: float) -> float:
+    code = (
+        "import sys, time, torch; from pat_runner.store import load_stored_pat; "
+        "m = load_stored_pat(sys.argv[1]).model; x = torch.randn(1, 10080); m.encode(x); "
+        "n = 0; t = time.perf_counter()\n"
+        "with torch.inference_mode():\n"
+        "    while time.perf_counter() - t < float(sys.argv[2]): m.encode(x); n += 1\n"
+        "print(n / (time.perf_counter() - t))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, tag, str(seconds)],
+        env={**os.environ, "BENTOML_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_model(h5: Path | None, args: argparse.Namespace) -> dict[str, float | str]:
+    home = Path(tempfile.mkdtemp(prefix="pat-bench-"))
+    tag = import_model(home, h5)
+    encode_rate = in_process_weeks_per_s(home, tag, args.seconds)
+    started = time.perf_counter()
+    server = start_server(
+        home=home,
+        log_path=home / "server.log",
+        extra_env={
+            "PAT_AUTH": "disabled",
+            "PAT_MODEL_TAG": tag,
+            "PAT_LOG_LEVEL": "WARNING",
+            "PAT_RUNNER_WORKERS": str(args.runner_workers),
+            "PAT_API_WORKERS": str(args.api_workers),
+            "PAT_MAX_BATCH_SIZE": str(args.max_batch_size),
+            **cache_key_env(),
+        },
+    )
+    cold_start = time.perf_counter() - started
+    try:
+        client = httpx.Client(base_url=server.url, timeout=300)
+        bodies = [{"recording": recording(1000 + i, subject=None)} for i in range(args.requests)]
+        client.post("/v1/embed", json=bodies[0]).raise_for_status()
+        single = []
+        for body in bodies[: args.single]:
+            t = time.perf_counter()
+            client.post("/v1/embed", json=body).raise_for_status()
+            single.append(time.perf_counter() - t)
+
+        def call(body: dict) -> None:
+            client.post("/v1/embed", json=body).raise_for_status()
+
+        t = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+            list(pool.map(call, bodies))
+        throughput = len(bodies) / (time.perf_counter() - t)
+
+        miss, hit = [], []
+        for i in range(args.single):
+            body = {
+                "recording": recording(5000 + i, subject=None),
+                "options": {"outputs": ["metrics", "pat"]},
+            }
+            for bucket in (miss, hit):
+                t = time.perf_counter()
+                response = client.post("/v1/analyze", json=body)
+                response.raise_for_status()
+                bucket.append(time.perf_counter() - t)
+                assert response.json()["cache"] == ("miss" if bucket is miss else "hit")
+    finally:
+        stop_server(server)
+    return {
+        "model": tag,
+        "encode_weeks_per_s": encode_rate,
+        "cold_start_s": cold_start,
+        "single_p50_ms": 1000 * statistics.median(single),
+        "single_p95_ms": 1000 * percentile(single, 95),
+        "throughput_weeks_per_s": throughput,
+        "miss_p50_ms": 1000 * statistics.median(miss),
+        "miss_p95_ms": 1000 * percentile(miss, 95),
+        "hit_p50_ms": 1000 * statistics.median(hit),
+        "hit_p95_ms": 1000 * percentile(hit, 95),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--h5", type=Path, action="append", help="weights to benchmark (repeatable)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=128)
+    parser.add_argument("--single", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=3.0, help="in-process encode timing")
+    parser.add_argument("--runner-workers", type=int, default=1)
+    parser.add_argument("--api-workers", type=int, default=1)
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    args = parser.parse_args()
+    models: list[Path | None] = (
+        list(args.h5) if args.h5 else [None, *([FIXTURE_M] if FIXTURE_M.exists() else [])]
+    )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, concurrency {args.concurrency}")
+    rows = [bench_model(h5, args) for h5 in models]
+    keys = list(rows[0])
+    print(" | ".join(keys))
+    for row in rows:
+        print(" | ".join(f"{row[k]:.1f}" if isinstance(row[k], float) else str(row[k]) for k in keys))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The PAT API service: wires authentication, preprocessing, caching, the batching model service,
+clinical metrics and FHIR formatting into the v1 HTTP API. Logic lives in `pat_runner/`.
+
+    bentoml serve .        # bentofile.yaml names `service:PATService`
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from pat_runner import telemetry
+from pat_runner.audit import AuditMiddleware, configure_logging
+from pat_runner.auth import FirebaseAuthMiddleware, check_auth_config
+from pat_runner.cache import ResultCache
+from pat_runner.errors import InvalidInput, PayloadTooLarge, ServiceError
+from pat_runner.http import (
+    DocsMiddleware,
+    ErrorEnvelopeMiddleware,
+    RequestLimitsMiddleware,
+    SecurityHeadersMiddleware,
+    error_response,
+)
+from pat_runner.openapi import enrich
+from pat_runner.pipeline import Analyzer, served_model
+from pat_runner.readers import read_recording_file
+from pat_runner.runner import PATModel
+from pat_runner.schemas import (
+    AnalyzeOptions,
+    AnalyzeResponse,
+    BatchItem,
+    BatchResponse,
+    EmbedOptions,
+    EmbedResponse,
+    ErrorDetail,
+    InvalidateResponse,
+    ModelsResponse,
+    Output,
+    Recording,
+)
+from pat_runner.settings import get_settings
+
+settings = get_settings()
+configure_logging(settings.log_level)
+# Fail closed before BentoML starts any worker: a misconfigured server must not come up at all.
+check_auth_config(settings)
+logger = logging.getLogger("pat.service")
+
+_ssl = (
+    {"ssl": {"enabled": True, "certfile": settings.tls_certfile, "keyfile": settings.tls_keyfile}}
+    if settings.tls_certfile
+    else {}
+)
+
+models_app = Starlette()
+
+
+@bentoml.service(
+    name="pat_service",
+    workers=settings.api_workers,
+    traffic={"timeout": 300},
+    http={"host": settings.host},
+    **_ssl,
+)
+class PATService:
+    """Real-time analysis of a week of minute-level wrist actigraphy with PAT."""
+
+    model_service = bentoml.depends(PATModel)
+    model_ref = bentoml.models.BentoModel(settings.model_tag)
+
+    def __init__(self) -> None:
+        self.served = served_model(self.model_ref)
+        self.cache = ResultCache.from_settings(settings)
+        self.analyzer = Analyzer(model=self.served, infer=self._infer, cache=self.cache, settings=settings)
+        telemetry.record_model_info(self.served.summary)
+
+    async def _infer(self, windows: np.ndarray) -> np.ndarray:
+        # The dependency's client gets its endpoints only after __init__, at server start-up.
+        return await self.model_service.to_async.infer(windows)
+
+    @bentoml.on_shutdown
+    async def close(self) -> None:
+        await self.cache.close()
+
+    @bentoml.api(route="/v1/analyze")
+    async def analyze(
+        self, ctx: bentoml.Context, recording: Recording, options: AnalyzeOptions | None = None
+    ) -> AnalyzeResponse:
+        """Analyse one recording: clinical metrics, PAT outputs and a FHIR R4 Bundle."""
+        state = _state(ctx)
+        try:
+            return await self.analyzer.analyze(
+                recording, options or AnalyzeOptions(), request_id=state["request_id"], audit=state["audit"]
+            )
+        except ServiceError as exc:
+            return error_response(exc, state["request_id"])
+
+    @bentoml.api(route="/v1/analyze/batch")
+    async def analyze_batch(
+        self,
+        ctx: bentoml.Context,
+        recordings: Annotated[list[Recording], Field(min_length=1, max_length=256)],
+        options: AnalyzeOptions | None = None,
+    ) -> BatchResponse:
+        """Analyse several recordings independently (e.g. a nightly sync); one result or error each,
+        in request order."""
+        state = _state(ctx)
+        if len(recordings) > settings.max_batch_recordings:
+            return error_response(
+                PayloadTooLarge(
+                    f"{len(recordings)} recordings in one batch; the limit is {settings.max_batch_recordings}"
+                ),
+                state["request_id"],
+            )
+        options = options or AnalyzeOptions()
+        items = []
+        for index, recording in enumerate(recordings):
+            audit: dict[str, Any] = {}
+            try:
+                result = await self.analyzer.analyze(
+                    recording, options, request_id=f"{state['request_id']}.{index}", audit=audit
+                )
+                items.append(BatchItem(result=result))
+            except ServiceError as exc:
+                items.append(
+                    BatchItem(error=ErrorDetail(code=exc.code, message=f"recordings[{index}]: {exc.message}"))
+                )
+        state["audit"]["n_recordings"] = len(recordings)
+        return BatchResponse(request_id=state["request_id"], results=items)
+
+    @bentoml.api(route="/v1/embed")
+    async def embed(
+        self, ctx: bentoml.Context, recording: Recording, options: EmbedOptions | None = None
+    ) -> EmbedResponse:
+        """PAT embeddings: the mean-pooled 96-d vector per week window (per-patch on request)."""
+        state = _state(ctx)
+        try:
+            return await self.analyzer.embed(
+                recording,
+                per_patch=(options or EmbedOptions()).per_patch,
+                request_id=state["request_id"],
+                audit=state["audit"],
+            )
+        except ServiceError as exc:
+            return error_response(exc, state["request_id"])
+
+    @bentoml.api(route="/v1/analyze/file")
+    async def analyze_file(
+        self,
+        ctx: bentoml.Context,
+        file: Path,
+        timezone: str = "UTC",
+        subject: str | None = None,
+        outputs: list[Output] | None = None,
+    ) -> AnalyzeResponse:
+        """Analyse a device export uploaded as multipart/form-data: ActiGraph `.agd` or CSV, Actiwatch
+        `.awd`. Timestamps in the file are read as local clock time in `timezone`."""
+        state = _state(ctx)
+        try:
+            data = file.read_bytes()
+            raw = read_recording_file(data, file.name, timezone=timezone, max_bytes=settings.max_upload_bytes)
+            recording = Recording.model_validate(
+                {
+                    "start": raw.start,
+                    "timezone": raw.timezone,
+                    "epoch_seconds": raw.epoch_seconds,
+                    "values": [None if v != v else float(v) for v in raw.values],
+                    "unit": raw.unit,
+                    "subject": subject,
+                    "device": raw.device,
+                }
+            )
+            options = AnalyzeOptions(outputs=outputs) if outputs else AnalyzeOptions()
+            state["audit"]["upload_bytes"] = len(data)
+            return await self.analyzer.analyze(
+                recording, options, request_id=state["request_id"], audit=state["audit"]
+            )
+        except ServiceError as exc:
+            return error_response(exc, state["request_id"])
+        except ValueError as exc:
+            return error_response(InvalidInput(str(exc)), state["request_id"])
+
+    @bentoml.api(route="/v1/models")
+    async def models(self) -> ModelsResponse:
+        """The served PAT model and its metadata (also `GET /v1/models`)."""
+        return ModelsResponse(models=[self.served.info])
+
+    @bentoml.api(route="/v1/cache/invalidate")
+    async def invalidate_cache(
+        self, ctx: bentoml.Context, model_tag: str | None = None
+    ) -> InvalidateResponse:
+        """Remove cached results of one model tag, or all of them (admin role only)."""
+        removed = await self.cache.invalidate(model_tag)
+        _state(ctx)["audit"]["invalidated"] = removed
+        return InvalidateResponse(removed=removed)
+
+
+def _state(ctx: bentoml.Context) -> dict[str, Any]:
+    """Request id and the audit fields the handler adds (set up by AuditMiddleware)."""
+    state = ctx.request.state
+    return {"request_id": getattr(state, "request_id", None) or "", "audit": state.audit}
+
+
+async def _get_models(request: Request) -> JSONResponse:
+    service = bentoml.get_current_service()
+    return JSONResponse(ModelsResponse(models=[service.served.info]).model_dump(mode="json"))
+
+
+models_app.router.routes.append(Route("/v1/models", _get_models, methods=["GET"]))
+PATService.mount_asgi_app(models_app, path="/")
+
+# First added = outermost: audit sees every final status; errors are enveloped before audit logs them;
+# authentication runs before the docs are served and before any body is read; limits run before
+# BentoML parses the body.
+PATService.add_asgi_middleware(AuditMiddleware)
+PATService.add_asgi_middleware(SecurityHeadersMiddleware, tls=bool(settings.tls_certfile))
+PATService.add_asgi_middleware(ErrorEnvelopeMiddleware)
+PATService.add_asgi_middleware(FirebaseAuthMiddleware, settings=settings)
+PATService.add_asgi_middleware(DocsMiddleware, openapi=lambda: enrich(PATService.openapi_spec.asdict()))
+PATService.add_asgi_middleware(
+    RequestLimitsMiddleware,
+    max_request_bytes=settings.max_request_bytes,
+    max_upload_bytes=settings.max_upload_bytes,
+)

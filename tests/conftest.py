@@ -1,0 +1,1 @@
+pytest_plugins = ["tests.firebase_emulator", "tests.server"]

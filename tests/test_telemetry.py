@@ -1,0 +1,205 @@
+"""Spans (captured with the OpenTelemetry SDK's in-memory exporter) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+from prometheus_client import REGISTRY, generate_latest
+
+from pat_runner import telemetry
+from pat_runner.cache import ResultCache
+from pat_runner.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def exporter() -> Iterator[InMemorySpanExporter]:
+    # The global provider can be set once per process; reuse an SDK provider another test installed.
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    captured = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(captured))
+    yield captured
+    captured.shutdown()
+
+
+@pytest.fixture
+def spans(exporter: InMemorySpanExporter) -> InMemorySpanExporter:
+    exporter.clear()
+    return exporter
+
+
+def by_name(finished: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
+    return {s.name: s for s in finished}
+
+
+def parent_name(span: ReadableSpan, named: dict[str, ReadableSpan]) -> str | None:
+    if span.parent is None:
+        return None
+    return next(s.name for s in named.values() if s.context.span_id == span.parent.span_id)
+
+
+async def traced_analysis(cache: ResultCache, recording: bytes) -> str:
+    """The request's shape as the service runs it: auth, preprocess, cache (inference inside), format."""
+    with telemetry.span("request", endpoint="/v1/analyze"):
+        with telemetry.span("auth", role="analyst"):
+            pass
+        with telemetry.span("preprocess", epoch_seconds=60, minutes=10_080):
+            key = cache.make_key(
+                canonical_input=recording, model_tag="pat-s:t1", pipeline_version="1", outputs=["pat"]
+            )
+
+        async def infer() -> dict[str, Any]:
+            with telemetry.span("inference", windows=1, model_tag="pat-s:t1"):
+                await asyncio.sleep(0)
+                return {"pat": {"windows": [[0.0] * 4]}}
+
+        with telemetry.span("cache"):
+            _, outcome = await cache.get_or_compute(key, "pat-s:t1", infer)
+        with telemetry.span("format", resources=3):
+            pass
+    return outcome
+
+
+async def test_span_tree_of_one_request(spans: InMemorySpanExporter) -> None:
+    cache = ResultCache.from_settings(replace(Settings(), redis_url="", cache_keys="", cache_hmac_key=""))
+    assert await traced_analysis(cache, b"week") == "miss"
+    named = by_name(spans.get_finished_spans())
+    assert set(named) == {
+        "pat.request",
+        "pat.auth",
+        "pat.preprocess",
+        "pat.cache",
+        "pat.inference",
+        "pat.format",
+    }
+    assert {name: parent_name(span, named) for name, span in named.items()} == {
+        "pat.request": None,
+        "pat.auth": "pat.request",
+        "pat.preprocess": "pat.request",
+        "pat.cache": "pat.request",
+        # computed inside the cache's single-flight task, still a child of the cache span
+        "pat.inference": "pat.cache",
+        "pat.format": "pat.request",
+    }
+    assert len({s.context.trace_id for s in named.values()}) == 1
+    assert named["pat.cache"].attributes == {"cache_outcome": "miss"}
+    assert dict(named["pat.inference"].attributes or {}) == {"windows": 1, "model_tag": "pat-s:t1"}
+    assert dict(named["pat.preprocess"].attributes or {}) == {"epoch_seconds": 60, "minutes": 10_080}
+
+    spans.clear()
+    assert await traced_analysis(cache, b"week") == "hit"
+    named = by_name(spans.get_finished_spans())
+    assert "pat.inference" not in named
+    assert named["pat.cache"].attributes == {"cache_outcome": "hit"}
+    await cache.close()
+
+
+def test_span_records_errors(spans: InMemorySpanExporter) -> None:
+    with pytest.raises(RuntimeError), telemetry.span("inference", windows=2):
+        raise RuntimeError("model service down")
+    (failed,) = spans.get_finished_spans()
+    assert failed.status.status_code is StatusCode.ERROR
+    assert [event.name for event in failed.events] == ["exception"]
+
+
+@pytest.mark.parametrize("name", ["subject", "id_token", "patient_ref", "Authorization", "redis_password"])
+def test_attributes_that_could_leak_identity_or_credentials_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="health data or credentials"), telemetry.span("auth", **{name: "x"}):
+        pass
+    with telemetry.span("auth"), pytest.raises(ValueError, match="health data or credentials"):
+        telemetry.set_span_attributes(**{name: "x"})
+
+
+def test_arrays_are_refused_as_attributes() -> None:
+    with (
+        pytest.raises(TypeError, match="must be str, bool, int or float"),
+        telemetry.span("preprocess", minutes=[1, 2]),
+    ):  # type: ignore[arg-type]
+        pass
+
+
+@dataclass(frozen=True)
+class Model:
+    tag: str = "pat-m:20250101"
+    size: str = "M"
+    demo: bool = False
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def test_metrics_are_recorded_and_exposed() -> None:
+    requests_before = sample("pat_requests_total", {"endpoint": "/v1/analyze", "status": "200"})
+    telemetry.record_request("/v1/analyze", 200, 0.120)
+    telemetry.record_cache_lookup("bypass")
+    telemetry.record_cache_error("get")
+    telemetry.record_circuit_state("open")
+    telemetry.record_inference(batch_size=4, seconds=0.8)
+    telemetry.record_model_info(Model())
+
+    assert sample("pat_requests_total", {"endpoint": "/v1/analyze", "status": "200"}) == requests_before + 1
+    assert sample("pat_request_duration_seconds_bucket", {"endpoint": "/v1/analyze", "le": "0.25"}) >= 1
+    assert sample("pat_cache_circuit_state") == 2
+    assert sample("pat_model_info", {"tag": "pat-m:20250101", "size": "M", "demo": "false"}) == 1
+    assert sample("pat_inference_batch_size_bucket", {"le": "4.0"}) >= 1
+    exposition = generate_latest(REGISTRY).decode()
+    for name in (
+        "pat_requests_total",
+        "pat_request_duration_seconds_bucket",
+        "pat_cache_lookups_total",
+        "pat_cache_errors_total",
+        "pat_cache_circuit_state",
+        "pat_cache_circuit_transitions_total",
+        "pat_inference_batch_size_bucket",
+        "pat_inference_duration_seconds_bucket",
+        "pat_model_info",
+    ):
+        assert f"\n{name}" in exposition, name
+    telemetry.record_circuit_state("closed")
+
+
+def test_timer_measures_a_block() -> None:
+    with telemetry.timer() as measured:
+        sum(range(10_000))
+    assert 0 < measured.seconds < 1
+
+
+def test_tracing_stays_off_without_otel_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    assert telemetry.configure_tracing() is False
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    assert telemetry.configure_tracing() is False
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "no-such-exporter")
+    with pytest.raises(RuntimeError, match="no-such-exporter"):
+        telemetry.configure_tracing()
+
+
+def test_otel_variables_configure_the_exporter() -> None:
+    # a fresh process: the global tracer provider can be installed only once
+    script = (
+        "from opentelemetry import trace\n"
+        "from pat_runner import telemetry\n"
+        "assert telemetry.configure_tracing()\n"
+        "with telemetry.span('preprocess', minutes=5):\n"
+        "    pass\n"
+        "trace.get_tracer_provider().shutdown()\n"
+    )
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "pat-test"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert '"name": "pat.preprocess"' in done.stdout
+    assert '"service.name": "pat-test"' in done.stdout
