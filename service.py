@@ -102,7 +102,7 @@ class PATService:
                 recording, options or AnalyzeOptions(), request_id=state["request_id"], audit=state["audit"]
             )
         except ServiceError as exc:
-            return error_response(exc, state["request_id"])
+            return _fail(ctx, exc)
 
     @bentoml.api(route="/v1/analyze/batch")
     async def analyze_batch(
@@ -115,11 +115,11 @@ class PATService:
         in request order."""
         state = _state(ctx)
         if len(recordings) > settings.max_batch_recordings:
-            return error_response(
+            return _fail(
+                ctx,
                 PayloadTooLarge(
                     f"{len(recordings)} recordings in one batch; the limit is {settings.max_batch_recordings}"
                 ),
-                state["request_id"],
             )
         options = options or AnalyzeOptions()
         items = []
@@ -151,7 +151,7 @@ class PATService:
                 audit=state["audit"],
             )
         except ServiceError as exc:
-            return error_response(exc, state["request_id"])
+            return _fail(ctx, exc)
 
     @bentoml.api(route="/v1/analyze/file")
     async def analyze_file(
@@ -185,9 +185,9 @@ class PATService:
                 recording, options, request_id=state["request_id"], audit=state["audit"]
             )
         except ServiceError as exc:
-            return error_response(exc, state["request_id"])
+            return _fail(ctx, exc)
         except ValueError as exc:
-            return error_response(InvalidInput(str(exc)), state["request_id"])
+            return _fail(ctx, InvalidInput(str(exc)))
 
     @bentoml.api(route="/v1/models")
     async def models(self) -> ModelsResponse:
@@ -199,9 +199,18 @@ class PATService:
         self, ctx: bentoml.Context, model_tag: str | None = None
     ) -> InvalidateResponse:
         """Remove cached results of one model tag, or all of them (admin role only)."""
-        removed = await self.cache.invalidate(model_tag)
+        try:
+            removed = await self.cache.invalidate(model_tag)
+        except ServiceError as exc:
+            return _fail(ctx, exc)
         _state(ctx)["audit"]["invalidated"] = removed
         return InvalidateResponse(removed=removed)
+
+
+def _fail(ctx: bentoml.Context, exc: ServiceError) -> JSONResponse:
+    # BentoML copies ctx.response.status_code onto any response of a handler that takes a context.
+    ctx.response.status_code = exc.status
+    return error_response(exc, _state(ctx)["request_id"])
 
 
 def _state(ctx: bentoml.Context) -> dict[str, Any]:

@@ -134,7 +134,9 @@ class ErrorEnvelopeMiddleware:
         except Exception as exc:
             # The traceback may quote request data: log the type only, with the request id.
             logger.error(
-                "unhandled %s answered with 500", type(exc).__name__, extra={"request_id": request_id_of(scope)}
+                "unhandled %s answered with 500",
+                type(exc).__name__,
+                extra={"request_id": request_id_of(scope)},
             )
             if not forwarded:
                 response = JSONResponse(

@@ -9,6 +9,7 @@ and every error status the service can answer (so schema-based clients and fuzze
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from pat_runner.schemas import ErrorBody, ModelsResponse
@@ -33,7 +34,8 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def enrich(spec: dict[str, Any]) -> dict[str, Any]:
-    doc = copy.deepcopy(spec)
+    # Through JSON, as served: BentoML keys responses by int status codes, JSON by strings.
+    doc = json.loads(json.dumps(spec))
     doc.setdefault("info", {})["title"] = "PAT model service"
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})

@@ -112,7 +112,7 @@ class Analyzer:
                     observed_fraction=float(observed),
                     embedding=patches.mean(axis=0).tolist(),
                     probability=None if np.isnan(probability) else probability,
-                    patches=patches.tolist() if per_patch else None,
+                    patches=patches.tolist() if per_patch else [],
                 )
             )
         return PatOutput(standardization=pre.quality.standardization, windows=windows)

@@ -123,8 +123,11 @@ class PatWindow(BaseModel):
     probability: float | None = Field(
         None, description="Probability from the fine-tuned head, when the served model has one."
     )
-    patches: list[list[float]] | None = Field(
-        None, description="Per-patch 96-d embeddings (`/v1/embed` with `per_patch: true`)."
+    # An empty list rather than null when not requested: BentoML's generated client cannot decode a
+    # null where the schema says array.
+    patches: list[list[float]] = Field(
+        default_factory=list,
+        description="Per-patch 96-d embeddings (`/v1/embed` with `per_patch: true`); empty otherwise.",
     )
 
 

@@ -24,7 +24,7 @@ def render() -> str:
     from pat_runner.openapi import enrich
     from service import PATService
 
-    return json.dumps(enrich(PATService.openapi_spec.asdict()), indent=2, sort_keys=True) + "\n"
+    return json.dumps(enrich(PATService.openapi_spec.asdict()), indent=2) + "\n"
 
 
 def main() -> int:
