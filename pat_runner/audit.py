@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from pat_runner.auth import endpoint_label
 
 Scope = MutableMapping[str, Any]
@@ -183,6 +185,20 @@ class RedactSecretsFilter(logging.Filter):
         return True
 
 
+class ValidationInputFilter(logging.Filter):
+    """BentoML logs a request's pydantic `ValidationError` with its traceback, and pydantic quotes the
+    offending input (activity values, subject ids) in it: keep only where and why validation failed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            places = "; ".join(
+                f"{'.'.join(str(p) for p in error['loc'])}: {error['type']}" for error in exc.errors()[:10]
+            )
+            record.exc_info, record.exc_text = None, f"ValidationError ({exc.error_count()}): {places}"
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC), level, logger, message, and the `audit` fields if any."""
 
@@ -228,5 +244,7 @@ def configure_logging(level: str | int = "INFO") -> None:
     ]
     for each in loggers:
         for each_handler in each.handlers:
+            if not any(isinstance(f, ValidationInputFilter) for f in each_handler.filters):
+                each_handler.addFilter(ValidationInputFilter())
             if not any(isinstance(f, RedactSecretsFilter) for f in each_handler.filters):
                 each_handler.addFilter(RedactSecretsFilter())

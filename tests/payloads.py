@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
 WEEK = 10_080
+# A distinctive activity value planted in every recording, so log scans can prove values never leak.
+SENTINEL_VALUE = 7777.25
+SENTINEL_INDEX = 500
 
 
 def week_counts(seed: int, minutes: int = WEEK, *, start_hour: int = 0) -> np.ndarray:
@@ -34,6 +37,8 @@ def recording(
     values: list[float | None] = [float(v) for v in week_counts(seed, minutes, start_hour=start.hour)]
     if gap is not None:
         values[gap[0] : gap[1]] = [None] * (gap[1] - gap[0])
+    if minutes > SENTINEL_INDEX:
+        values[SENTINEL_INDEX] = SENTINEL_VALUE
     body: dict[str, Any] = {
         "start": start.isoformat(),
         "timezone": timezone,
@@ -45,10 +50,3 @@ def recording(
         body["subject"] = subject
     return body
 
-
-def start_in(zone: str, *args: int) -> datetime:
-    return datetime(*args, tzinfo=ZoneInfo(zone))
-
-
-def shifted(start: datetime, minutes: int) -> datetime:
-    return start + timedelta(minutes=minutes)
