@@ -50,6 +50,22 @@ class Server:
     verify: str | bool = True
     sent_secrets: list[str] = field(default_factory=list)
 
+    def worker_pids(self, service_name: str) -> list[int]:
+        """PIDs of the BentoML worker processes serving `service_name` (children of the server)."""
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                stat = (proc / "stat").read_text()
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == self.process.pid and service_name.encode() in args:
+                pids.append(int(proc.name))
+        return pids
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
