@@ -51,6 +51,7 @@ from pat_runner.settings import get_settings
 
 settings = get_settings()
 configure_logging(settings.log_level)
+telemetry.configure_tracing()
 # Fail closed before BentoML starts any worker: a misconfigured server must not come up at all.
 check_auth_config(settings)
 logger = logging.getLogger("pat.service")

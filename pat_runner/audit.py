@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pat_runner import telemetry
 from pat_runner.auth import endpoint_label
 
 Scope = MutableMapping[str, Any]
@@ -112,16 +113,20 @@ class AuditMiddleware:
                 response_bytes += len(message.get("body", b""))
             await send(message)
 
+        endpoint = endpoint_label(str(scope.get("path", "")))
         try:
-            await self.app(scope, counting_receive, tagging_send)
+            with telemetry.span("request", endpoint=endpoint, request_id=request_id):
+                await self.app(scope, counting_receive, tagging_send)
         finally:
+            seconds = time.perf_counter() - started
+            telemetry.record_request(endpoint, status, seconds)
             audit_logger.info(
                 "request",
                 extra={
                     "audit": audit_record(
                         scope,
                         status=status,
-                        latency_ms=(time.perf_counter() - started) * 1000,
+                        latency_ms=seconds * 1000,
                         request_bytes=request_bytes,
                         response_bytes=response_bytes,
                     )

@@ -37,6 +37,7 @@ from firebase_admin import auth as firebase_auth
 from firebase_admin import credentials as firebase_credentials
 from firebase_admin import exceptions as firebase_exceptions
 
+from pat_runner import telemetry
 from pat_runner.settings import Settings, get_settings
 
 Scope = MutableMapping[str, Any]
@@ -297,9 +298,12 @@ class FirebaseTokenVerifier:
         )
 
     async def authenticate(self, authorization: str | None) -> Caller:
-        token = bearer_token(authorization)
-        # Verification is blocking network I/O (certificates, revocation lookup): keep it off the loop.
-        return await anyio.to_thread.run_sync(self.verify, token)
+        with telemetry.span("auth"):
+            token = bearer_token(authorization)
+            # Verification is blocking network I/O (certificates, revocation lookup): keep it off the loop.
+            caller = await anyio.to_thread.run_sync(self.verify, token)
+            telemetry.set_span_attributes(role=caller.role or "none")
+            return caller
 
 
 def _authorization_header(scope: Scope) -> str | None:

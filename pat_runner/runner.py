@@ -15,6 +15,7 @@ import bentoml
 import numpy as np
 import torch
 
+from pat_runner import telemetry
 from pat_runner.settings import get_settings
 from pat_runner.store import StoredPAT, load_stored_pat
 
@@ -80,7 +81,10 @@ class PATModel:
     )
     def infer(self, windows: np.ndarray) -> np.ndarray:
         """`(n, T)` float32 standardized week windows → structured records (see `output_dtype`)."""
-        return run_model(self.stored, windows, self.device)
+        with telemetry.timer() as elapsed:
+            records = run_model(self.stored, windows, self.device)
+        telemetry.record_inference(len(windows), elapsed.seconds)
+        return records
 
     @bentoml.api
     def info(self) -> dict[str, Any]:

@@ -49,4 +49,3 @@ def recording(
     if subject is not None:
         body["subject"] = subject
     return body
-

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import pytest
 from opentelemetry import trace
@@ -19,8 +17,6 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import REGISTRY, generate_latest
 
 from pat_runner import telemetry
-from pat_runner.cache import ResultCache
-from pat_runner.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -50,62 +46,6 @@ def parent_name(span: ReadableSpan, named: dict[str, ReadableSpan]) -> str | Non
     if span.parent is None:
         return None
     return next(s.name for s in named.values() if s.context.span_id == span.parent.span_id)
-
-
-async def traced_analysis(cache: ResultCache, recording: bytes) -> str:
-    """The request's shape as the service runs it: auth, preprocess, cache (inference inside), format."""
-    with telemetry.span("request", endpoint="/v1/analyze"):
-        with telemetry.span("auth", role="analyst"):
-            pass
-        with telemetry.span("preprocess", epoch_seconds=60, minutes=10_080):
-            key = cache.make_key(
-                canonical_input=recording, model_tag="pat-s:t1", pipeline_version="1", outputs=["pat"]
-            )
-
-        async def infer() -> dict[str, Any]:
-            with telemetry.span("inference", windows=1, model_tag="pat-s:t1"):
-                await asyncio.sleep(0)
-                return {"pat": {"windows": [[0.0] * 4]}}
-
-        with telemetry.span("cache"):
-            _, outcome = await cache.get_or_compute(key, "pat-s:t1", infer)
-        with telemetry.span("format", resources=3):
-            pass
-    return outcome
-
-
-async def test_span_tree_of_one_request(spans: InMemorySpanExporter) -> None:
-    cache = ResultCache.from_settings(replace(Settings(), redis_url="", cache_keys="", cache_hmac_key=""))
-    assert await traced_analysis(cache, b"week") == "miss"
-    named = by_name(spans.get_finished_spans())
-    assert set(named) == {
-        "pat.request",
-        "pat.auth",
-        "pat.preprocess",
-        "pat.cache",
-        "pat.inference",
-        "pat.format",
-    }
-    assert {name: parent_name(span, named) for name, span in named.items()} == {
-        "pat.request": None,
-        "pat.auth": "pat.request",
-        "pat.preprocess": "pat.request",
-        "pat.cache": "pat.request",
-        # computed inside the cache's single-flight task, still a child of the cache span
-        "pat.inference": "pat.cache",
-        "pat.format": "pat.request",
-    }
-    assert len({s.context.trace_id for s in named.values()}) == 1
-    assert named["pat.cache"].attributes == {"cache_outcome": "miss"}
-    assert dict(named["pat.inference"].attributes or {}) == {"windows": 1, "model_tag": "pat-s:t1"}
-    assert dict(named["pat.preprocess"].attributes or {}) == {"epoch_seconds": 60, "minutes": 10_080}
-
-    spans.clear()
-    assert await traced_analysis(cache, b"week") == "hit"
-    named = by_name(spans.get_finished_spans())
-    assert "pat.inference" not in named
-    assert named["pat.cache"].attributes == {"cache_outcome": "hit"}
-    await cache.close()
 
 
 def test_span_records_errors(spans: InMemorySpanExporter) -> None:

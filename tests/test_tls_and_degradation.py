@@ -24,6 +24,7 @@ from tests.payloads import recording
 from tests.server import Server, cache_key_env, start_server, stop_server
 
 pytestmark = pytest.mark.integration
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -38,7 +39,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=1))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]), False)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(LOOPBACK)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )

@@ -1,0 +1,190 @@
+"""The analysis pipeline in-process: `Analyzer` with the demo PAT run locally (no server), the
+in-process encrypted cache, and the span tree of one request through the service's real middlewares."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import httpx
+import numpy as np
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from pat_runner.audit import AuditMiddleware
+from pat_runner.auth import FirebaseAuthMiddleware
+from pat_runner.cache import ResultCache
+from pat_runner.errors import ModelUnavailable
+from pat_runner.pipeline import Analyzer, ServedModel
+from pat_runner.runner import run_model
+from pat_runner.schemas import AnalyzeOptions, ModelSummary, Recording
+from pat_runner.settings import Settings
+from pat_runner.store import ModelInfo, StoredPAT, demo_pat
+from tests.payloads import recording
+
+SETTINGS = replace(Settings(), redis_url="", cache_keys="", cache_hmac_key="")
+
+
+@pytest.fixture(scope="module")
+def stored() -> StoredPAT:
+    model = demo_pat().eval()
+    info = ModelInfo(
+        tag="pat-demo:test",
+        name="pat-demo",
+        size="S",
+        layout="demo",
+        demo=True,
+        head_task=None,
+        patch_size=18,
+        num_layers=1,
+        num_heads=6,
+        parameters=model.parameter_count(),
+        source_file=None,
+        source_sha256=None,
+        dataset=None,
+        converter_version="1",
+        has_scaler=False,
+    )
+    return StoredPAT(tag=info.tag, model=model, info=info, scaler=None)
+
+
+def make_analyzer(stored: StoredPAT, *, fail: bool = False) -> tuple[Analyzer, list[int]]:
+    batches: list[int] = []
+
+    async def infer(windows: np.ndarray) -> np.ndarray:
+        if fail:
+            raise ConnectionError("model service down")
+        batches.append(len(windows))
+        return run_model(stored, windows, "cpu")
+
+    served = ServedModel(
+        summary=ModelSummary(tag=stored.tag, size="S", demo=True), info=stored.info.to_dict(), scaler=None
+    )
+    return Analyzer(
+        model=served, infer=infer, cache=ResultCache.from_settings(SETTINGS), settings=SETTINGS
+    ), batches
+
+
+async def test_analysis_then_cache_hit(stored: StoredPAT) -> None:
+    analyzer, batches = make_analyzer(stored)
+    rec = Recording.model_validate(recording(1, minutes=3 * 10_080))
+    audit: dict = {}
+    first = await analyzer.analyze(rec, AnalyzeOptions(), request_id="r1", audit=audit)
+    assert first.cache == "miss" and batches == [3]
+    assert [w.index for w in first.pat.windows] == [0, 1, 2]
+    assert first.fhir["resourceType"] == "Bundle"
+    assert audit["cache"] == "miss" and len(audit["input_sha256"]) == 64
+    second = await analyzer.analyze(rec, AnalyzeOptions(), request_id="r2", audit={})
+    assert second.cache == "hit" and batches == [3]
+    assert second.pat == first.pat and second.metrics == first.metrics
+    embedding = run_model(stored, analyzer_windows(analyzer, rec), "cpu")["patches"][0].mean(axis=0)
+    np.testing.assert_allclose(first.pat.windows[0].embedding, embedding, atol=1e-6)
+
+
+def analyzer_windows(analyzer: Analyzer, rec: Recording) -> np.ndarray:
+    from pat_runner.pipeline import to_raw
+    from pat_runner.preprocess import preprocess
+
+    return preprocess(to_raw(rec), settings=analyzer.settings).windows
+
+
+async def test_model_failure_is_503_but_metrics_still_work(stored: StoredPAT) -> None:
+    analyzer, _ = make_analyzer(stored, fail=True)
+    rec = Recording.model_validate(recording(2))
+    with pytest.raises(ModelUnavailable):
+        await analyzer.analyze(rec, AnalyzeOptions(outputs=["pat"]), request_id="r", audit={})
+    metrics_only = await analyzer.analyze(
+        rec, AnalyzeOptions(outputs=["metrics", "fhir"]), request_id="r", audit={}
+    )
+    assert metrics_only.metrics.interdaily_stability is not None and metrics_only.pat is None
+
+
+async def test_embed_per_patch(stored: StoredPAT) -> None:
+    analyzer, _ = make_analyzer(stored)
+    result = await analyzer.embed(
+        Recording.model_validate(recording(3)), per_patch=True, request_id="r", audit={}
+    )
+    patches = np.array(result.pat.windows[0].patches)
+    assert patches.shape == (560, 96)
+    np.testing.assert_allclose(patches.mean(axis=0), result.pat.windows[0].embedding, atol=1e-6)
+
+
+# ---- the span tree of one real request ----
+
+
+@pytest.fixture(scope="module")
+def exporter() -> Iterator[InMemorySpanExporter]:
+    # The global provider can be set once per process; reuse an SDK provider another test installed.
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    captured = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(captured))
+    yield captured
+    captured.shutdown()
+
+
+def parents(finished: tuple[ReadableSpan, ...]) -> dict[str, str | None]:
+    by_id = {s.context.span_id: s.name for s in finished}
+    return {s.name: by_id.get(s.parent.span_id) if s.parent else None for s in finished}
+
+
+async def test_span_tree_of_one_request(stored, exporter, firebase_emulator, tokens, monkeypatch) -> None:
+    for name, value in firebase_emulator.env().items():
+        monkeypatch.setenv(name, value)
+    settings = replace(
+        SETTINGS, firebase_project_id=firebase_emulator.project_id, auth="firebase", allow_auth_emulator=True
+    )
+    analyzer, _ = make_analyzer(stored)
+
+    async def analyze(request: Request) -> JSONResponse:
+        body = await request.json()
+        state = request.scope["state"]
+        result = await analyzer.analyze(
+            Recording.model_validate(body["recording"]),
+            AnalyzeOptions(),
+            request_id=state["request_id"],
+            audit=state["audit"],
+        )
+        return JSONResponse(result.model_dump(mode="json"))
+
+    app = AuditMiddleware(
+        FirebaseAuthMiddleware(
+            Starlette(routes=[Route("/v1/analyze", analyze, methods=["POST"])]), settings=settings
+        )
+    )
+    exporter.clear()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        response = await client.post(
+            "/v1/analyze",
+            json={"recording": recording(4)},
+            headers={"Authorization": f"Bearer {tokens['clinician']}"},
+            timeout=120,
+        )
+    assert response.status_code == 200, response.text
+    finished = exporter.get_finished_spans()
+    assert parents(finished) == {
+        "pat.request": None,
+        "pat.auth": "pat.request",
+        "pat.preprocess": "pat.request",
+        "pat.cache": "pat.request",
+        "pat.metrics": "pat.cache",
+        "pat.inference": "pat.cache",
+        "pat.format": "pat.request",
+    }
+    assert len({s.context.trace_id for s in finished}) == 1
+    named = {s.name: s for s in finished}
+    assert named["pat.request"].attributes["endpoint"] == "/v1/analyze"
+    assert named["pat.cache"].attributes["cache_outcome"] == "miss"
+    assert named["pat.auth"].attributes["role"] == "clinician"
+    for span in finished:
+        for value in (span.attributes or {}).values():
+            assert tokens["clinician"] not in str(value) and "Patient/" not in str(value)
