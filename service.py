@@ -35,6 +35,7 @@ from pat_runner.pipeline import Analyzer, served_model
 from pat_runner.readers import read_recording_file
 from pat_runner.runner import PATModel
 from pat_runner.schemas import (
+    SUBJECT_PATTERN,
     AnalyzeOptions,
     AnalyzeResponse,
     BatchItem,
@@ -49,6 +50,8 @@ from pat_runner.schemas import (
 )
 from pat_runner.settings import get_settings
 
+DEFAULT_ANALYZE = AnalyzeOptions()
+DEFAULT_EMBED = EmbedOptions()
 settings = get_settings()
 configure_logging(settings.log_level)
 telemetry.configure_tracing()
@@ -94,13 +97,13 @@ class PATService:
 
     @bentoml.api(route="/v1/analyze")
     async def analyze(
-        self, ctx: bentoml.Context, recording: Recording, options: AnalyzeOptions | None = None
+        self, ctx: bentoml.Context, recording: Recording, options: AnalyzeOptions = DEFAULT_ANALYZE
     ) -> AnalyzeResponse:
         """Analyse one recording: clinical metrics, PAT outputs and a FHIR R4 Bundle."""
         state = _state(ctx)
         try:
             return await self.analyzer.analyze(
-                recording, options or AnalyzeOptions(), request_id=state["request_id"], audit=state["audit"]
+                recording, options, request_id=state["request_id"], audit=state["audit"]
             )
         except ServiceError as exc:
             return _fail(ctx, exc)
@@ -110,7 +113,7 @@ class PATService:
         self,
         ctx: bentoml.Context,
         recordings: Annotated[list[Recording], Field(min_length=1, max_length=256)],
-        options: AnalyzeOptions | None = None,
+        options: AnalyzeOptions = DEFAULT_ANALYZE,
     ) -> BatchResponse:
         """Analyse several recordings independently (e.g. a nightly sync); one result or error each,
         in request order."""
@@ -122,7 +125,6 @@ class PATService:
                     f"{len(recordings)} recordings in one batch; the limit is {settings.max_batch_recordings}"
                 ),
             )
-        options = options or AnalyzeOptions()
         items = []
         for index, recording in enumerate(recordings):
             audit: dict[str, Any] = {}
@@ -140,14 +142,14 @@ class PATService:
 
     @bentoml.api(route="/v1/embed")
     async def embed(
-        self, ctx: bentoml.Context, recording: Recording, options: EmbedOptions | None = None
+        self, ctx: bentoml.Context, recording: Recording, options: EmbedOptions = DEFAULT_EMBED
     ) -> EmbedResponse:
         """PAT embeddings: the mean-pooled 96-d vector per week window (per-patch on request)."""
         state = _state(ctx)
         try:
             return await self.analyzer.embed(
                 recording,
-                per_patch=(options or EmbedOptions()).per_patch,
+                per_patch=options.per_patch,
                 request_id=state["request_id"],
                 audit=state["audit"],
             )
@@ -160,8 +162,8 @@ class PATService:
         ctx: bentoml.Context,
         file: Path,
         timezone: str = "UTC",
-        subject: str | None = None,
-        outputs: list[Output] | None = None,
+        subject: Annotated[str, Field(pattern=f"^$|{SUBJECT_PATTERN}")] = "",
+        outputs: list[Output] = DEFAULT_ANALYZE.outputs,
     ) -> AnalyzeResponse:
         """Analyse a device export uploaded as multipart/form-data: ActiGraph `.agd` or CSV, Actiwatch
         `.awd`. Timestamps in the file are read as local clock time in `timezone`."""
@@ -176,11 +178,11 @@ class PATService:
                     "epoch_seconds": raw.epoch_seconds,
                     "values": [None if v != v else float(v) for v in raw.values],
                     "unit": raw.unit,
-                    "subject": subject,
+                    "subject": subject or None,
                     "device": raw.device,
                 }
             )
-            options = AnalyzeOptions(outputs=outputs) if outputs else AnalyzeOptions()
+            options = AnalyzeOptions(outputs=outputs)
             state["audit"]["upload_bytes"] = len(data)
             return await self.analyzer.analyze(
                 recording, options, request_id=state["request_id"], audit=state["audit"]
@@ -190,18 +192,15 @@ class PATService:
         except ValueError as exc:
             return _fail(ctx, InvalidInput(str(exc)))
 
-    @bentoml.api(route="/v1/models")
-    async def models(self) -> ModelsResponse:
-        """The served PAT model and its metadata (also `GET /v1/models`)."""
-        return ModelsResponse(models=[self.served.info])
-
     @bentoml.api(route="/v1/cache/invalidate")
     async def invalidate_cache(
-        self, ctx: bentoml.Context, model_tag: str | None = None
+        self,
+        ctx: bentoml.Context,
+        model_tag: Annotated[str, Field(description="Model tag whose results to drop; empty: all.")] = "",
     ) -> InvalidateResponse:
         """Remove cached results of one model tag, or all of them (admin role only)."""
         try:
-            removed = await self.cache.invalidate(model_tag)
+            removed = await self.cache.invalidate(model_tag or None)
         except ServiceError as exc:
             return _fail(ctx, exc)
         _state(ctx)["audit"]["invalidated"] = removed

@@ -160,7 +160,9 @@ class ErrorEnvelopeMiddleware:
             return
         status, code, message = normalize_error(start["status"], body)
         kept = [
-            (k, v) for k, v in start.get("headers", []) if k.lower() in (b"www-authenticate", b"retry-after")
+            (k, v)
+            for k, v in start.get("headers", [])
+            if k.lower() in (b"www-authenticate", b"retry-after", b"allow")
         ]
         response = JSONResponse(error_body(code, message, request_id_of(scope)), status_code=status)
         response.raw_headers.extend(kept)
@@ -205,11 +207,10 @@ class RequestLimitsMiddleware:
                 return
             if not message.get("more_body", False):
                 break
-        if is_upload:
-            problem = await _upload_problem(headers, bytes(body))
-            if problem is not None:
-                await self._reject(scope, send, *problem)
-                return
+        problem = await _upload_problem(headers, bytes(body)) if is_upload else _json_problem(headers)
+        if problem is not None:
+            await self._reject(scope, send, *problem)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -225,6 +226,14 @@ class RequestLimitsMiddleware:
     async def _reject(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
         response = JSONResponse(error_body(code, message, request_id_of(scope)), status_code=status)
         await response(scope, _no_receive, send)
+
+
+def _json_problem(headers: Headers) -> tuple[int, str, str] | None:
+    """JSON endpoints take JSON (BentoML would try to parse other declared types and fail with 500)."""
+    media_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        return 415, "unsupported_media_type", f"send the body as application/json, not {media_type[:64]}"
+    return None
 
 
 async def _upload_problem(headers: Headers, body: bytes) -> tuple[int, str, str] | None:

@@ -2,13 +2,12 @@
 
 BentoML documents request/response models; this adds the bearer-token security scheme, the error body
 and every error status the service can answer (so schema-based clients and fuzzers know them), and the
-`GET /v1/models` route served beside BentoML's POST endpoints. Served at `/docs.json` and exported to
-`docs/openapi.json` by `scripts/export_openapi.py`.
+`GET /v1/models` route (BentoML APIs are POST only; this one is a mounted Starlette route). Served at
+`/docs.json` and exported to `docs/openapi.json` by `scripts/export_openapi.py`.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
@@ -51,6 +50,20 @@ def enrich(spec: dict[str, Any]) -> dict[str, Any]:
         "grants access.",
     }
     doc["security"] = [{"firebaseIdToken": []}]
+    doc.setdefault("paths", {})["/v1/models"] = {
+        "get": {
+            "summary": "The served PAT model and its metadata",
+            "description": "Tag, size, layout, demo flag, head task, source file and SHA-256, converter "
+            "version and whether a cohort scaler is used.",
+            "operationId": "models__get",
+            "responses": {
+                "200": {
+                    "description": "Successful Response",
+                    "content": {"application/json": {"schema": _ref("ModelsResponse")}},
+                }
+            },
+        }
+    }
     error_content = {"application/json": {"schema": _ref("ErrorBody")}}
     for path, operations in doc.get("paths", {}).items():
         for operation in operations.values():
@@ -64,14 +77,4 @@ def enrich(spec: dict[str, Any]) -> dict[str, Any]:
             for status, description in ERROR_STATUSES.items():
                 if path.startswith(API_PREFIX) or status in ("401", "403"):
                     responses[status] = {"description": description, "content": error_content}
-    models = doc.get("paths", {}).get("/v1/models", {}).get("post")
-    if models is not None:
-        get = copy.deepcopy(models)
-        get.pop("requestBody", None)
-        get["operationId"] = "models__get"
-        get["responses"]["200"] = {
-            "description": "Successful Response",
-            "content": {"application/json": {"schema": _ref("ModelsResponse")}},
-        }
-        doc["paths"]["/v1/models"]["get"] = get
     return doc

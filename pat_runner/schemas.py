@@ -29,7 +29,8 @@ _TIMEZONES = frozenset(available_timezones())
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON `false` is not a count, `"60"` is not an epoch length.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Recording(_Strict):
@@ -37,6 +38,7 @@ class Recording(_Strict):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "example": {
                 "start": "2024-03-04T00:00:00-05:00",

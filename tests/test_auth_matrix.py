@@ -17,7 +17,6 @@ ENDPOINTS: list[tuple[str, str, set[str]]] = [
     ("POST", "/v1/embed", ANY_ROLE),
     ("POST", "/v1/analyze/file", ANY_ROLE),
     ("GET", "/v1/models", ANY_ROLE),
-    ("POST", "/v1/models", ANY_ROLE),
     ("POST", "/v1/cache/invalidate", {"admin"}),
     ("GET", "/metrics", {"admin", "service"}),
     ("GET", "/", ANY_ROLE),

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +30,11 @@ def test_openapi_document_is_current(pat_server, tokens) -> None:
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case, pat_server, tokens) -> None:
+    # Schema-valid is not always analysable (a 3-minute recording is valid JSON but too short): the
+    # service answers those with a documented 422, so "positive data acceptance" does not apply.
     case.call_and_validate(
-        base_url=pat_server.url, headers={"Authorization": f"Bearer {tokens['admin']}"}, timeout=120
+        base_url=pat_server.url,
+        headers={"Authorization": f"Bearer {tokens['admin']}"},
+        timeout=120,
+        excluded_checks=[positive_data_acceptance],
     )

@@ -129,11 +129,9 @@ def test_analyze_file_through_generated_client(pat_server, token, tmp_path) -> N
     assert result["metrics"]["interdaily_stability"] is not None
 
 
-def test_models_get_and_post(pat_server, token) -> None:
+def test_models(pat_server, token) -> None:
     got = httpx.get(f"{pat_server.url}/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert got.status_code == 200, got.text
-    posted = post(pat_server, "/v1/models", token, json={})
-    assert got.json() == posted.json()
     (model,) = got.json()["models"]
     assert model["demo"] is True and model["tag"].startswith("pat-demo:") and model["size"] == "S"
 
@@ -246,3 +244,20 @@ def test_generated_client_raises_on_error_body(pat_server, token) -> None:
         pytest.raises(BentoMLException, match="invalid_input"),
     ):
         client.analyze(recording=recording(11, minutes=500, gap=None))
+
+
+def test_metrics_endpoint_exposes_service_metrics(pat_server, token) -> None:
+    post(pat_server, "/v1/analyze", token, json={"recording": recording(12), "options": {"outputs": ["pat"]}})
+    text = pat_server.metrics(token)
+    for name in (
+        "pat_requests_total",
+        "pat_request_duration_seconds_bucket",
+        "pat_cache_lookups_total",
+        "pat_inference_batch_size_bucket",
+        "pat_inference_duration_seconds_bucket",
+        "pat_model_info",
+        "bentoml_service_adaptive_batch_size_bucket",
+    ):
+        assert name in text, f"{name} missing from /metrics"
+    assert re.search(r'pat_requests_total\{[^}]*endpoint="/v1/analyze"[^}]*status="200"', text)
+    assert re.search(r'pat_model_info\{[^}]*demo="true"', text)
