@@ -36,12 +36,16 @@ def test_bentoml_build(model_store: Path, tmp_path: Path, bentofile: str) -> Non
     ]
     manifest = yaml.safe_load((bento_dir / "bento.yaml").read_text())
     assert manifest["service"] == "service:PATService"
-    assert {m["tag"].split(":")[0] for m in manifest["models"]} == {"pat-demo"}
+    services = {service["name"]: service for service in manifest["services"]}
+    assert set(services) == {"pat_service", "pat_model"}
+    for service in services.values():
+        assert [m["tag"].split(":")[0] for m in service["models"]] == ["pat-demo"]
+    assert services["pat_service"]["dependencies"] == [{"service": "pat_model"}]
     assert (bento_dir / "src" / "service.py").exists()
     assert (bento_dir / "src" / "pat_runner" / "runner.py").exists()
     assert not (bento_dir / "src" / "tests").exists()
     dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
-    assert "FROM " in dockerfile
+    assert "FROM " in dockerfile and "ENV BENTOML_DO_NOT_TRACK=$BENTOML_DO_NOT_TRACK" in dockerfile
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     assert "torch==2.13.0" in requirements
     if bentofile == "bentofile.cuda.yaml":

@@ -3,6 +3,7 @@ in-process encrypted cache, and the span tree of one request through the service
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -28,6 +29,11 @@ from pat_runner.schemas import AnalyzeOptions, ModelSummary, Recording
 from pat_runner.settings import Settings
 from pat_runner.store import ModelInfo, StoredPAT, demo_pat
 from tests.payloads import recording
+
+def as_recording(body: dict) -> Recording:
+    """Validated as the API validates it: from JSON, strictly."""
+    return Recording.model_validate_json(json.dumps(body))
+
 
 SETTINGS = replace(Settings(), redis_url="", cache_keys="", cache_hmac_key="")
 
@@ -74,7 +80,7 @@ def make_analyzer(stored: StoredPAT, *, fail: bool = False) -> tuple[Analyzer, l
 
 async def test_analysis_then_cache_hit(stored: StoredPAT) -> None:
     analyzer, batches = make_analyzer(stored)
-    rec = Recording.model_validate(recording(1, minutes=3 * 10_080))
+    rec = as_recording(recording(1, minutes=3 * 10_080))
     audit: dict = {}
     first = await analyzer.analyze(rec, AnalyzeOptions(), request_id="r1", audit=audit)
     assert first.cache == "miss" and batches == [3]
@@ -97,7 +103,7 @@ def analyzer_windows(analyzer: Analyzer, rec: Recording) -> np.ndarray:
 
 async def test_model_failure_is_503_but_metrics_still_work(stored: StoredPAT) -> None:
     analyzer, _ = make_analyzer(stored, fail=True)
-    rec = Recording.model_validate(recording(2))
+    rec = as_recording(recording(2))
     with pytest.raises(ModelUnavailable):
         await analyzer.analyze(rec, AnalyzeOptions(outputs=["pat"]), request_id="r", audit={})
     metrics_only = await analyzer.analyze(
@@ -109,7 +115,7 @@ async def test_model_failure_is_503_but_metrics_still_work(stored: StoredPAT) ->
 async def test_embed_per_patch(stored: StoredPAT) -> None:
     analyzer, _ = make_analyzer(stored)
     result = await analyzer.embed(
-        Recording.model_validate(recording(3)), per_patch=True, request_id="r", audit={}
+        as_recording(recording(3)), per_patch=True, request_id="r", audit={}
     )
     patches = np.array(result.pat.windows[0].patches)
     assert patches.shape == (560, 96)
@@ -149,7 +155,7 @@ async def test_span_tree_of_one_request(stored, exporter, firebase_emulator, tok
         body = await request.json()
         state = request.scope["state"]
         result = await analyzer.analyze(
-            Recording.model_validate(body["recording"]),
+            as_recording(body["recording"]),
             AnalyzeOptions(),
             request_id=state["request_id"],
             audit=state["audit"],

@@ -341,7 +341,7 @@ def test_the_minutes_series_and_quality_report_contract() -> None:
     report = pre.quality.model_dump(mode="json")
     assert report["start"] == "2024-03-04T05:00:00Z" and report["end"] == "2024-03-05T05:00:00Z"
     schema = QualityReport.model_json_schema()
-    assert schema["examples"] and all("description" in field for field in schema["properties"].values())
+    assert schema["example"] and all("description" in field for field in schema["properties"].values())
     assert PIPELINE_VERSION
 
 
