@@ -6,7 +6,7 @@ clinical metrics and FHIR formatting into the v1 HTTP API. Logic lives in `pat_r
 
 from __future__ import annotations
 
-import logging
+import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,7 +57,6 @@ configure_logging(settings.log_level)
 telemetry.configure_tracing()
 # Fail closed before BentoML starts any worker: a misconfigured server must not come up at all.
 check_auth_config(settings)
-logger = logging.getLogger("pat.service")
 
 _ssl = (
     {"ssl": {"enabled": True, "certfile": settings.tls_certfile, "keyfile": settings.tls_keyfile}}
@@ -125,20 +124,21 @@ class PATService:
                     f"{len(recordings)} recordings in one batch; the limit is {settings.max_batch_recordings}"
                 ),
             )
-        items = []
-        for index, recording in enumerate(recordings):
-            audit: dict[str, Any] = {}
+
+        async def one(index: int, recording: Recording) -> BatchItem:
             try:
                 result = await self.analyzer.analyze(
-                    recording, options, request_id=f"{state['request_id']}.{index}", audit=audit
+                    recording, options, request_id=f"{state['request_id']}.{index}", audit={}
                 )
-                items.append(BatchItem(result=result))
             except ServiceError as exc:
-                items.append(
-                    BatchItem(error=ErrorDetail(code=exc.code, message=f"recordings[{index}]: {exc.message}"))
-                )
+                where = f"recordings[{index}]: {exc.message}"
+                return BatchItem(error=ErrorDetail(code=exc.code, message=where))
+            return BatchItem(result=result)
+
+        # Concurrently, so the model service batches the recordings' windows together.
+        items = await asyncio.gather(*(one(i, recording) for i, recording in enumerate(recordings)))
         state["audit"]["n_recordings"] = len(recordings)
-        return BatchResponse(request_id=state["request_id"], results=items)
+        return BatchResponse(request_id=state["request_id"], results=list(items))
 
     @bentoml.api(route="/v1/embed")
     async def embed(

@@ -30,6 +30,7 @@ from pat_runner.settings import Settings
 from pat_runner.store import ModelInfo, StoredPAT, demo_pat
 from tests.payloads import recording
 
+
 def as_recording(body: dict) -> Recording:
     """Validated as the API validates it: from JSON, strictly."""
     return Recording.model_validate_json(json.dumps(body))
@@ -114,9 +115,7 @@ async def test_model_failure_is_503_but_metrics_still_work(stored: StoredPAT) ->
 
 async def test_embed_per_patch(stored: StoredPAT) -> None:
     analyzer, _ = make_analyzer(stored)
-    result = await analyzer.embed(
-        as_recording(recording(3)), per_patch=True, request_id="r", audit={}
-    )
+    result = await analyzer.embed(as_recording(recording(3)), per_patch=True, request_id="r", audit={})
     patches = np.array(result.pat.windows[0].patches)
     assert patches.shape == (560, 96)
     np.testing.assert_allclose(patches.mean(axis=0), result.pat.windows[0].embedding, atol=1e-6)
