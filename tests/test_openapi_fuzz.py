@@ -5,6 +5,7 @@ committed `docs/openapi.json`, which `test_openapi_document_is_current` proves e
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,8 @@ pytestmark = pytest.mark.integration
 
 OPENAPI = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"
 schema = schemathesis.openapi.from_path(str(OPENAPI))
+# Bounded for the test command; a deeper run: PAT_FUZZ_EXAMPLES=200 pytest tests/test_openapi_fuzz.py
+EXAMPLES = int(os.environ.get("PAT_FUZZ_EXAMPLES", "25"))
 
 
 def test_openapi_document_is_current(pat_server, tokens) -> None:
@@ -28,7 +31,7 @@ def test_openapi_document_is_current(pat_server, tokens) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case, pat_server, tokens) -> None:
     # Schema-valid is not always analysable (a 3-minute recording is valid JSON but too short): the
     # service answers those with a documented 422, so "positive data acceptance" does not apply.
