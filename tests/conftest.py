@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.firebase_emulator", "tests.server"]
+pytest_plugins = ["tests.firebase_emulator", "tests.server", "tests.tracing"]

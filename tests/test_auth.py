@@ -10,7 +10,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -19,10 +18,6 @@ import google.auth.crypt
 import google.auth.jwt
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -36,24 +31,10 @@ from pat_runner.auth import (
     endpoint_label,
 )
 from pat_runner.settings import Settings
+from tests.certs import self_signed
+from tests.endpoints import ANY_ROLE, ENDPOINTS, OPEN_PATHS
 from tests.firebase_emulator import FirebaseEmulator
 
-ANY_ROLE = {"clinician", "service", "admin"}
-# (method, path, roles allowed with the default settings: docs and metrics protected)
-ENDPOINTS: list[tuple[str, str, set[str]]] = [
-    ("POST", "/v1/analyze", ANY_ROLE),
-    ("POST", "/v1/analyze/batch", ANY_ROLE),
-    ("POST", "/v1/embed", ANY_ROLE),
-    ("POST", "/v1/analyze/file", ANY_ROLE),
-    ("GET", "/v1/models", ANY_ROLE),
-    ("POST", "/v1/cache/invalidate", {"admin"}),
-    ("GET", "/metrics", {"admin", "service"}),
-    ("GET", "/", ANY_ROLE),
-    ("GET", "/docs.json", ANY_ROLE),
-    ("GET", "/static_content/swagger-ui.css", ANY_ROLE),
-    ("GET", "/v1/not-an-endpoint", ANY_ROLE),
-]
-OPEN_PATHS = ["/livez", "/readyz", "/healthz"]
 # Each rejection for its own reason, not an earlier check catching it by accident.
 REASON_IN_MESSAGE = {
     "none": "header is required",
@@ -403,30 +384,10 @@ def test_middleware_refuses_to_start_misconfigured(monkeypatch: pytest.MonkeyPat
 PROD_PROJECT = "pat-offline-prod"
 
 
-def _key_and_cert(common_name: str) -> tuple[bytes, bytes]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return private_pem, cert.public_bytes(serialization.Encoding.PEM)
-
-
 @pytest.fixture(scope="module")
 def signing_keys() -> dict[str, bytes]:
-    trusted_key, trusted_cert = _key_and_cert("securetoken-test")
-    attacker_key, _ = _key_and_cert("attacker")
+    trusted_key, trusted_cert = self_signed("securetoken-test")
+    attacker_key, _ = self_signed("attacker")
     return {"trusted_key": trusted_key, "trusted_cert": trusted_cert, "attacker_key": attacker_key}
 
 

@@ -8,22 +8,10 @@ import time
 import httpx
 import pytest
 
+from tests.endpoints import ANY_ROLE, ENDPOINTS, OPEN_PATHS
+
 pytestmark = pytest.mark.integration
 
-ANY_ROLE = {"clinician", "service", "admin"}
-ENDPOINTS: list[tuple[str, str, set[str]]] = [
-    ("POST", "/v1/analyze", ANY_ROLE),
-    ("POST", "/v1/analyze/batch", ANY_ROLE),
-    ("POST", "/v1/embed", ANY_ROLE),
-    ("POST", "/v1/analyze/file", ANY_ROLE),
-    ("GET", "/v1/models", ANY_ROLE),
-    ("POST", "/v1/cache/invalidate", {"admin"}),
-    ("GET", "/metrics", {"admin", "service"}),
-    ("GET", "/", ANY_ROLE),
-    ("GET", "/docs.json", ANY_ROLE),
-    ("GET", "/schema.json", ANY_ROLE),
-]
-OPEN_ENDPOINTS = ["/livez", "/readyz", "/healthz"]
 REJECTED = ["none", "garbage", "expired", "revoked", "wrong_project", "disabled"]
 
 
@@ -76,6 +64,6 @@ def test_endpoint_auth_matrix(pat_server, credentials, method: str, path: str, r
     assert observed == expected, outcome
 
 
-@pytest.mark.parametrize("path", OPEN_ENDPOINTS)
+@pytest.mark.parametrize("path", OPEN_PATHS)
 def test_probes_are_open(pat_server, path: str) -> None:
     assert httpx.get(f"{pat_server.url}{path}", timeout=30).status_code == 200

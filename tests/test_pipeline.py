@@ -4,16 +4,12 @@ in-process encrypted cache, and the span tree of one request through the service
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 
 import httpx
 import numpy as np
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -124,25 +120,14 @@ async def test_embed_per_patch(stored: StoredPAT) -> None:
 # ---- the span tree of one real request ----
 
 
-@pytest.fixture(scope="module")
-def exporter() -> Iterator[InMemorySpanExporter]:
-    # The global provider can be set once per process; reuse an SDK provider another test installed.
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    captured = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(captured))
-    yield captured
-    captured.shutdown()
-
-
 def parents(finished: tuple[ReadableSpan, ...]) -> dict[str, str | None]:
     by_id = {s.context.span_id: s.name for s in finished}
     return {s.name: by_id.get(s.parent.span_id) if s.parent else None for s in finished}
 
 
-async def test_span_tree_of_one_request(stored, exporter, firebase_emulator, tokens, monkeypatch) -> None:
+async def test_span_tree_of_one_request(
+    stored, span_exporter, firebase_emulator, tokens, monkeypatch
+) -> None:
     for name, value in firebase_emulator.env().items():
         monkeypatch.setenv(name, value)
     settings = replace(
@@ -166,7 +151,7 @@ async def test_span_tree_of_one_request(stored, exporter, firebase_emulator, tok
             Starlette(routes=[Route("/v1/analyze", analyze, methods=["POST"])]), settings=settings
         )
     )
-    exporter.clear()
+    span_exporter.clear()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
         response = await client.post(
             "/v1/analyze",
@@ -175,7 +160,7 @@ async def test_span_tree_of_one_request(stored, exporter, firebase_emulator, tok
             timeout=120,
         )
     assert response.status_code == 200, response.text
-    finished = exporter.get_finished_spans()
+    finished = span_exporter.get_finished_spans()
     assert parents(finished) == {
         "pat.request": None,
         "pat.auth": "pat.request",

@@ -4,7 +4,6 @@ recovery once BentoML has restarted the model worker)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import os
 import signal
@@ -15,11 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.certs import self_signed
 from tests.payloads import recording
 from tests.server import Server, cache_key_env, start_server, stop_server
 
@@ -27,36 +23,18 @@ pytestmark = pytest.mark.integration
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(LOOPBACK)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+def write_certificate(directory: Path) -> tuple[Path, Path]:
+    private_pem, cert_pem = self_signed("127.0.0.1", ip="127.0.0.1")
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    cert_path.write_bytes(cert_pem)
+    key_path.write_bytes(private_pem)
     return cert_path, key_path
 
 
 @pytest.fixture(scope="module")
 def tls_server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("tls")
-    cert, key = self_signed(directory)
+    cert, key = write_certificate(directory)
     server = start_server(
         home=model_store,
         log_path=directory / "server.log",
