@@ -102,13 +102,6 @@ class AnalyzeOptions(_Strict):
     )
 
 
-class AnalyzeRequest(_Strict):
-    """Body of `POST /v1/analyze`."""
-
-    recording: Recording
-    options: AnalyzeOptions = Field(default_factory=AnalyzeOptions)
-
-
 class ModelSummary(BaseModel):
     tag: str = Field(description="BentoML model-store tag of the PAT that produced the outputs.")
     size: str = Field(description="PAT size: S, M or L.")
@@ -165,13 +158,6 @@ class ErrorBody(BaseModel):
     """Every error response has this body."""
 
     error: ErrorDetail
-
-
-class BatchRequest(_Strict):
-    """Body of `POST /v1/analyze/batch`: several recordings, analysed independently."""
-
-    recordings: list[Recording] = Field(min_length=1, max_length=256)
-    options: AnalyzeOptions = Field(default_factory=AnalyzeOptions)
 
 
 class BatchItem(BaseModel):
