@@ -1,0 +1,49 @@
+"""Production start fails closed: `bentoml serve` exits non-zero, with a message saying why, before any
+worker serves a request, whenever the authentication configuration is unsafe or incomplete."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.server import BENTOML, ROOT, free_port
+
+pytestmark = pytest.mark.integration
+
+UNSAFE = {
+    "no project id": ({"PAT_AUTH": "firebase"}, "project id"),
+    "emulator without opt-in": (
+        {
+            "PAT_AUTH": "firebase",
+            "GOOGLE_CLOUD_PROJECT": "demo-x",
+            "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9",
+        },
+        "FIREBASE_AUTH_EMULATOR_HOST",
+    ),
+    "auth disabled on a public interface": ({"PAT_AUTH": "disabled", "PAT_HOST": "0.0.0.0"}, "loopback"),
+    "unknown auth mode": ({"PAT_AUTH": "none"}, "PAT_AUTH"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNSAFE))
+def test_unsafe_configuration_refuses_to_start(model_store: Path, case: str) -> None:
+    extra, reason = UNSAFE[case]
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"GOOGLE_CLOUD_PROJECT", "PAT_FIREBASE_PROJECT_ID", "FIREBASE_AUTH_EMULATOR_HOST"}
+    }
+    env.update({"BENTOML_HOME": str(model_store), "BENTOML_DO_NOT_TRACK": "true", **extra})
+    result = subprocess.run(
+        [BENTOML, "serve", ".", "--host", "127.0.0.1", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert reason in result.stderr + result.stdout
