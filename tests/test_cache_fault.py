@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,6 +22,7 @@ import redis
 
 from pat_runner.cache import ResultCache
 from pat_runner.settings import Settings
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server binary not found")
 
@@ -33,72 +30,6 @@ TIMEOUT_MS = 100
 RETRY_AFTER_S = 0.3
 COMPUTE_S = 0.002
 MODEL_TAG = "pat-m:fault"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class RedisServer:
-    """A private, non-persistent redis-server on a fixed port that a test can kill, freeze and restart."""
-
-    def __init__(self, workdir: Path, *extra_args: str) -> None:
-        self.port = free_port()
-        self._workdir = workdir
-        self._extra_args = extra_args
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self._process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self._workdir),
-                *self._extra_args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def kill(self) -> None:
-        assert self._process is not None
-        self._process.kill()
-        self._process.wait(timeout=5)
-
-    def freeze(self) -> None:
-        assert self._process is not None
-        os.kill(self._process.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self._process is not None
-        os.kill(self._process.pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self.thaw()
-            self.kill()
 
 
 @pytest.fixture
