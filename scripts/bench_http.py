@@ -81,7 +81,7 @@ def bench_model(h5: Path | None, args: argparse.Namespace) -> dict[str, float | 
     started = time.perf_counter()
     server = start_server(
         home=home,
-        log_path=home / "server.log",
+        log_path=Path(tempfile.mkdtemp(prefix="pat-bench-logs-")) / "server.log",
         extra_env={
             "PAT_AUTH": "disabled",
             "PAT_MODEL_TAG": tag,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -91,9 +92,13 @@ def start_server(
     *, home: Path, log_path: Path, extra_env: Mapping[str, str], scheme: str = "http", timeout_s: float = 120
 ) -> Server:
     port = free_port()
+    # A home of its own per server: BentoML keeps its Prometheus multiprocess files there and clears
+    # them when a server starts, which would wipe another running server's metrics.
+    own_home = log_path.parent / f"bentoml-home-{port}"
+    shutil.copytree(home, own_home)
     env = {
         **os.environ,
-        "BENTOML_HOME": str(home),
+        "BENTOML_HOME": str(own_home),
         "BENTOML_DO_NOT_TRACK": "true",
         "PAT_HOST": "127.0.0.1",
         "PAT_LOG_LEVEL": "DEBUG",

@@ -56,20 +56,21 @@ def test_redis_killed_and_restarted_under_traffic(cached_server: Server, redis_s
         with httpx.Client(base_url=cached_server.url, timeout=60) as client:
             i = 0
             while not stop.is_set():
+                started_in = phase[0]  # a request is counted in the phase it started in
                 response = client.post("/v1/analyze", json=BODIES[i % len(BODIES)])
                 cache = response.json().get("cache", "") if response.status_code == 200 else ""
-                outcomes.append((phase[0], response.status_code, cache))
+                outcomes.append((started_in, response.status_code, cache))
                 i += 1
 
     threads = [threading.Thread(target=traffic) for _ in range(4)]
     for thread in threads:
         thread.start()
     time.sleep(PHASE_S)
-    phase[0] = "down"
     redis_server.kill()
+    phase[0] = "down"
     time.sleep(PHASE_S)
-    phase[0] = "restarted"
     redis_server.start()
+    phase[0] = "restarted"
     time.sleep(PHASE_S)
     stop.set()
     for thread in threads:
