@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pat_runner.keras_h5 import load_pat
 
-__all__ = ["load_pat"]
+__all__ = ["__version__", "load_pat"]
+__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pat_runner import __version__
 from pat_runner.schemas import ErrorBody, ModelsResponse
 
 API_PREFIX = "/v1/"
@@ -26,6 +27,18 @@ ERROR_STATUSES = {
     "503": "The PAT model service is unavailable (`model_unavailable`); metrics-only requests still work.",
 }
 OPEN_PATHS = ("/livez", "/readyz", "/healthz")
+DESCRIPTION = """Real-time analysis of one week of minute-level wrist actigraphy (10,080 minutes) with the
+Pretrained Actigraphy Transformer (PAT; Ruan et al., arXiv 2411.15240): classical clinical actigraphy
+metrics, PAT embeddings (and a fine-tuned head's probability) and an HL7 FHIR R4 Bundle.
+
+**Authentication**: `Authorization: Bearer <Firebase ID token>`; the custom claim `pat_role` (`clinician`,
+`service`, `admin`) grants access. Use *Authorize* above to try calls here.
+
+**Errors**: every error is `{"error": {"code", "message", "request_id"}}` with a stable `code`; body problems
+are 422 (`malformed_json`, `validation_error`, `invalid_input`).
+
+**Demo model**: responses with `model.demo: true` come from a randomly initialised PAT and carry no meaning.
+"""
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -35,7 +48,8 @@ def _ref(name: str) -> dict[str, str]:
 def enrich(spec: dict[str, Any]) -> dict[str, Any]:
     # Through JSON, as served: BentoML keys responses by int status codes, JSON by strings.
     doc = json.loads(json.dumps(spec))
-    doc.setdefault("info", {})["title"] = "PAT model service"
+    # BentoML's default description links badges and chat rooms on third-party hosts.
+    doc["info"] = {"title": "PAT model service", "version": __version__, "description": DESCRIPTION}
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for model in (ErrorBody, ModelsResponse):
