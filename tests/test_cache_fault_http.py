@@ -83,6 +83,8 @@ def test_redis_killed_and_restarted_under_traffic(cached_server: Server, redis_s
         name: Counter(c for p, _, c in outcomes if p == name) for name in ("healthy", "down", "restarted")
     }
     assert by_phase["healthy"]["hit"] > 0, by_phase
-    assert by_phase["down"]["bypass"] > 0 and by_phase["down"]["hit"] == 0, by_phase
+    # A request that starts just after the kill can still join (single-flight) a lookup that began
+    # before it and share its hit: at most one per client thread.
+    assert by_phase["down"]["bypass"] > 0 and by_phase["down"]["hit"] <= len(threads), by_phase
     assert by_phase["restarted"]["hit"] > 0, by_phase
     print(f"fault test through HTTP: {len(outcomes)} requests, 0 failed; {by_phase}")

@@ -31,7 +31,13 @@ def test_openapi_document_is_current(pat_server, tokens) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized so CI runs the same examples every time; a deeper random run uses PAT_FUZZ_EXAMPLES.
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=EXAMPLES <= 25,
+)
 def test_api_conforms_to_its_schema(case, pat_server, tokens) -> None:
     # Schema-valid is not always analysable (a 3-minute recording is valid JSON but too short): the
     # service answers those with a documented 422, so "positive data acceptance" does not apply.
