@@ -81,11 +81,16 @@ class Analyzer:
         self.cache = cache
         self.settings = settings
 
-    async def preprocess(self, raw: RawRecording) -> Preprocessed:
+    async def preprocess(self, raw: RawRecording, audit: dict[str, Any]) -> Preprocessed:
+        """Preprocess off the event loop and add the input's hash and size to the audit record."""
         with telemetry.span("preprocess", epoch_seconds=raw.epoch_seconds, n_values=len(raw.values)):
-            return await anyio.to_thread.run_sync(
+            pre = await anyio.to_thread.run_sync(
                 lambda: preprocess(raw, scaler=self.model.scaler, settings=self.settings)
             )
+        audit.update(
+            input_sha256=input_digest(pre), minutes=len(pre.minutes), model_tag=self.model.summary.tag
+        )
+        return pre
 
     async def run_pat(self, pre: Preprocessed, *, per_patch: bool) -> PatOutput:
         with telemetry.span("inference", windows=len(pre.windows), model_tag=self.model.summary.tag):
@@ -142,10 +147,7 @@ class Analyzer:
         self, recording: Recording, options: AnalyzeOptions, *, request_id: str, audit: dict[str, Any]
     ) -> AnalyzeResponse:
         raw = to_raw(recording)
-        pre = await self.preprocess(raw)
-        audit.update(
-            input_sha256=input_digest(pre), minutes=len(pre.minutes), model_tag=self.model.summary.tag
-        )
+        pre = await self.preprocess(raw, audit)
         key = self.cache.make_key(
             canonical_input=pre.canonical_bytes() + options.sleep_algorithm.encode(),
             model_tag=self.model.summary.tag,
@@ -206,10 +208,7 @@ class Analyzer:
         self, recording: Recording, *, per_patch: bool, request_id: str, audit: dict[str, Any]
     ) -> EmbedResponse:
         raw = to_raw(recording)
-        pre = await self.preprocess(raw)
-        audit.update(
-            input_sha256=input_digest(pre), minutes=len(pre.minutes), model_tag=self.model.summary.tag
-        )
+        pre = await self.preprocess(raw, audit)
         pat = await self.run_pat(pre, per_patch=per_patch)
         warnings = list(pre.warnings)
         if self.model.summary.demo:
