@@ -48,6 +48,7 @@ serve: install
 lint: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 test: install-test node-deps redis lint
 	$(VENV)/bin/pytest -q

@@ -19,22 +19,22 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pat_runner import telemetry
-from pat_runner.audit import AuditMiddleware, configure_logging
-from pat_runner.auth import FirebaseAuthMiddleware, check_auth_config
-from pat_runner.cache import ResultCache
+from pat_runner.actigraphy.readers import read_recording_file
+from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import InvalidInput, PayloadTooLarge, ServiceError
-from pat_runner.http import (
+from pat_runner.serving.audit import AuditMiddleware, configure_logging
+from pat_runner.serving.auth import FirebaseAuthMiddleware, check_auth_config
+from pat_runner.serving.http import (
     DocsMiddleware,
     ErrorEnvelopeMiddleware,
     RequestLimitsMiddleware,
     SecurityHeadersMiddleware,
     error_response,
 )
-from pat_runner.openapi import enrich
-from pat_runner.pipeline import Analyzer, served_model
-from pat_runner.readers import read_recording_file
-from pat_runner.runner import PATModel
-from pat_runner.schemas import (
+from pat_runner.serving.openapi import enrich
+from pat_runner.serving.pipeline import Analyzer, served_model
+from pat_runner.serving.runner import PATModel
+from pat_runner.serving.schemas import (
     SUBJECT_PATTERN,
     AnalyzeOptions,
     AnalyzeResponse,
@@ -170,7 +170,13 @@ class PATService:
         state = _state(ctx)
         try:
             data = file.read_bytes()
-            raw = read_recording_file(data, file.name, timezone=timezone, max_bytes=settings.max_upload_bytes)
+            raw = read_recording_file(
+                data,
+                file.name,
+                timezone=timezone,
+                max_bytes=settings.max_upload_bytes,
+                max_minutes=settings.max_recording_minutes,
+            )
             recording = Recording.model_validate(
                 {
                     "start": raw.start,

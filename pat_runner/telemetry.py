@@ -1,4 +1,4 @@
-"""Traces and Prometheus metrics of the service — never health data. (JSON logs: `pat_runner.audit`.)
+"""Traces and Prometheus metrics of the service — never health data. (JSON logs: `pat_runner.serving.audit`.)
 
 Traces: spans come from the OpenTelemetry API (`tracer = trace.get_tracer("pat_runner")`). Without a
 configured SDK they are no-ops. `configure_tracing()` installs an SDK `TracerProvider` only when the

@@ -19,12 +19,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pat_runner.model import PAT, PATConfig  # noqa: E402
+from pat_runner.model import WEEK_MINUTES  # noqa: E402
+from pat_runner.model.model import PAT, PATConfig  # noqa: E402
 
 
 def measure(model: PAT, batch: int, seconds: float, device: str) -> tuple[float, float]:
     """(weeks per second, median milliseconds per call) for `batch` weeks per call."""
-    weeks = torch.randn(batch, PAT.WEEK_MINUTES, device=device)
+    weeks = torch.randn(batch, WEEK_MINUTES, device=device)
 
     def call() -> float:
         start = time.perf_counter()

@@ -40,7 +40,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def import_model(home: Path, h5: Path | None) -> str:
     code = (
-        "from pat_runner.store import ensure_demo_model, import_h5; import sys; "
+        "from pat_runner.model.store import ensure_demo_model, import_h5; import sys; "
         "m = import_h5(sys.argv[1]) if sys.argv[1] else ensure_demo_model(); print(m.tag)"
     )
     out = subprocess.run(
@@ -56,7 +56,7 @@ def import_model(home: Path, h5: Path | None) -> str:
 
 def in_process_weeks_per_s(home: Path, tag: str, seconds: float) -> float:
     code = (
-        "import sys, time, torch; from pat_runner.store import load_stored_pat; "
+        "import sys, time, torch; from pat_runner.model.store import load_stored_pat; "
         "m = load_stored_pat(sys.argv[1]).model; x = torch.randn(1, 10080); m.encode(x); "
         "n = 0; t = time.perf_counter()\n"
         "with torch.inference_mode():\n"

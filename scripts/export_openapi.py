@@ -21,7 +21,7 @@ def render() -> str:
     sys.path.insert(0, str(ROOT))
     # The document does not depend on how callers authenticate; importing the service checks that.
     os.environ.setdefault("PAT_AUTH", "disabled")
-    from pat_runner.openapi import enrich
+    from pat_runner.serving.openapi import enrich
     from service import PATService
 
     return json.dumps(enrich(PATService.openapi_spec.asdict()), indent=2) + "\n"

@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pat_runner.keras_h5 import WeightsError  # noqa: E402
-from pat_runner.store import ModelInfo, import_h5  # noqa: E402
+from pat_runner.model.keras_h5 import WeightsError  # noqa: E402
+from pat_runner.model.store import ModelInfo, import_h5  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

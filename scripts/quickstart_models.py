@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pat_runner.store import ModelInfo, ensure_demo_model, import_h5  # noqa: E402
+from pat_runner.model.store import ModelInfo, ensure_demo_model, import_h5  # noqa: E402
 
 # The download links of the PAT README ("PAT Encoders Weights Download"), CC-BY-4.0.
 OFFICIAL_WEIGHTS = {

@@ -1,4 +1,4 @@
-"""Device export files written from known counts, in the layouts `pat_runner.readers` reads.
+"""Device export files written from known counts, in the layouts `pat_runner.actigraphy.readers` reads.
 
 The layouts follow the real files in `../shared/data/actigraphy/` (README there), so a reader test can
 check what it read against what was written.

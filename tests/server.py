@@ -80,7 +80,7 @@ class Server:
 def prepare_store(home: Path) -> None:
     """Import the seeded demo PAT-S into a fresh model store at `home`."""
     subprocess.run(
-        [PYTHON, "-c", "from pat_runner.store import ensure_demo_model; ensure_demo_model()"],
+        [PYTHON, "-c", "from pat_runner.model.store import ensure_demo_model; ensure_demo_model()"],
         cwd=ROOT,
         env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"},
         check=True,

@@ -1,4 +1,4 @@
-"""`pat_runner.audit`: one structured record per request, and no token, body value, query value or
+"""`pat_runner.serving.audit`: one structured record per request, and no token, body value, query value or
 subject identifier in any log record — checked on everything logged at DEBUG while requests with a
 real Firebase ID token and health-data-shaped bodies pass through the middleware stack."""
 
@@ -17,14 +17,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from pat_runner.audit import (
+from pat_runner.serving.audit import (
     JSON_HANDLER_NAME,
     AuditMiddleware,
     JsonFormatter,
     RedactSecretsFilter,
     configure_logging,
 )
-from pat_runner.auth import FirebaseAuthMiddleware
+from pat_runner.serving.auth import FirebaseAuthMiddleware
 from pat_runner.settings import Settings
 from tests.firebase_emulator import FirebaseEmulator
 

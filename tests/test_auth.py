@@ -1,4 +1,4 @@
-"""`pat_runner.auth` around a small Starlette app with the service's paths: real ID tokens from the
+"""`pat_runner.serving.auth` around a small Starlette app with the service's paths: real ID tokens from the
 Firebase Auth Emulator for every credential case, the start-up configuration checks, and — offline —
 RS256 signature verification of production-style tokens against certificates served locally."""
 
@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from pat_runner.auth import (
+from pat_runner.serving.auth import (
     DEV_CALLER_UID,
     AuthConfigError,
     FirebaseAuthMiddleware,

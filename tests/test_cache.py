@@ -12,7 +12,7 @@ import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -20,8 +20,8 @@ import redis
 import redis.asyncio as redis_asyncio
 from prometheus_client import REGISTRY
 
-from pat_runner.cache import CacheUnavailable, MemoryStore, ResultCache
-from pat_runner.crypto import (
+from pat_runner.cache.cache import CacheUnavailable, MemoryStore, ResultCache
+from pat_runner.cache.crypto import (
     CacheCipher,
     CacheConfigError,
     UndecryptableValue,
@@ -55,8 +55,7 @@ def b64_key() -> str:
 
 
 def cache_settings(**overrides: Any) -> Settings:
-    base = replace(
-        Settings(),
+    base = Settings().replace(
         redis_url=REDIS_URL,
         cache_keys=f"k1:{b64_key()}",
         cache_hmac_key=b64_key(),
@@ -64,7 +63,7 @@ def cache_settings(**overrides: Any) -> Settings:
         cache_ttl_s=60,
         redis_timeout_ms=500,
     )
-    return replace(base, **overrides)
+    return base.replace(**overrides)
 
 
 @dataclass
@@ -170,7 +169,7 @@ async def test_invalidate_by_model_tag_and_everything(raw_redis: redis_asyncio.R
     settings = cache_settings()
     cache = ResultCache.from_settings(settings)
     neighbour = ResultCache.from_settings(
-        replace(settings, cache_namespace=settings.cache_namespace + "-other")
+        settings.replace(cache_namespace=settings.cache_namespace + "-other")
     )
     try:
         compute = CountingCompute()
@@ -263,7 +262,7 @@ async def test_raw_value_is_encrypted_and_a_wrong_key_cannot_read_it(raw_redis: 
             CacheCipher([("k1", secrets.token_bytes(32))]).decrypt(raw, cache_key=key)
 
         # a service holding another key (same HMAC key, so the same cache keys) recomputes, never fails
-        wrong = ResultCache.from_settings(replace(settings, cache_keys=f"k1:{b64_key()}"))
+        wrong = ResultCache.from_settings(settings.replace(cache_keys=f"k1:{b64_key()}"))
         errors_before = REGISTRY.get_sample_value("pat_cache_errors_total", {"operation": "decrypt"}) or 0.0
         compute = CountingCompute()
         assert (await wrong.get_or_compute(key, "pat-m:abc", compute()))[1] == "miss"
@@ -280,7 +279,7 @@ async def test_raw_value_is_encrypted_and_a_wrong_key_cannot_read_it(raw_redis: 
 @needs_redis
 async def test_key_rotation_keeps_old_values_readable(raw_redis: redis_asyncio.Redis) -> None:
     old_settings = cache_settings(cache_keys=f"2025:{b64_key()}")
-    rotated_settings = replace(old_settings, cache_keys=f"2026:{b64_key()},{old_settings.cache_keys}")
+    rotated_settings = old_settings.replace(cache_keys=f"2026:{b64_key()},{old_settings.cache_keys}")
     old = ResultCache.from_settings(old_settings)
     rotated = ResultCache.from_settings(rotated_settings)
     try:

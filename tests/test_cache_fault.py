@@ -13,14 +13,14 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from pat_runner.cache import ResultCache
+from pat_runner.cache.cache import ResultCache
 from pat_runner.settings import Settings
 from tests.redis_server import RedisServer
 
@@ -42,8 +42,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 def fault_settings(url: str) -> Settings:
     key = base64.b64encode(secrets.token_bytes(32)).decode()
-    return replace(
-        Settings(),
+    return Settings().replace(
         redis_url=url,
         cache_keys=f"k1:{key}",
         cache_hmac_key=base64.b64encode(secrets.token_bytes(32)).decode(),
@@ -180,7 +179,7 @@ async def test_password_protected_redis(tmp_path: Path) -> None:
     server.start()
     try:
         assert redis.Redis.from_url(server.url, password=password).ping()
-        settings = replace(fault_settings(server.url), redis_password=password)
+        settings = fault_settings(server.url).replace(redis_password=password)
         cache = ResultCache.from_settings(settings)
         key = cache.make_key(canonical_input=b"w", model_tag=MODEL_TAG, pipeline_version="1", outputs=["pat"])
         traffic = Traffic(cache)
@@ -189,7 +188,7 @@ async def test_password_protected_redis(tmp_path: Path) -> None:
         await cache.close()
 
         # a wrong password is an unavailable cache, not a failed analysis
-        unauthorised = ResultCache.from_settings(replace(settings, redis_password="wrong"))
+        unauthorised = ResultCache.from_settings(settings.replace(redis_password="wrong"))
         assert (await unauthorised.get_or_compute(key, MODEL_TAG, traffic._compute))[1] == "bypass"
         await unauthorised.close()
     finally:

@@ -8,11 +8,10 @@ import re
 import secrets
 import subprocess
 import sys
-from dataclasses import replace
 
 import pytest
 
-from pat_runner.crypto import (
+from pat_runner.cache.crypto import (
     CacheCipher,
     CacheConfigError,
     KeyedHasher,
@@ -125,10 +124,10 @@ def test_keyed_hash_is_length_prefixed_and_key_dependent() -> None:
 
 
 def test_shared_cache_fails_closed_without_keys() -> None:
-    settings = replace(Settings(), redis_url="redis://127.0.0.1:6379/0", cache_keys="", cache_hmac_key="")
+    settings = Settings().replace(redis_url="redis://127.0.0.1:6379/0", cache_keys="", cache_hmac_key="")
     with pytest.raises(CacheConfigError, match="PAT_CACHE_KEYS and PAT_CACHE_HMAC_KEY are not"):
         secrets_from_settings(settings, shared_cache=True)
-    only_cipher = replace(settings, cache_keys=key_spec(new_key("k1")))
+    only_cipher = settings.replace(cache_keys=key_spec(new_key("k1")))
     with pytest.raises(CacheConfigError, match="PAT_CACHE_HMAC_KEY is not"):
         secrets_from_settings(only_cipher, shared_cache=True)
 
@@ -136,8 +135,8 @@ def test_shared_cache_fails_closed_without_keys() -> None:
 def test_embedded_cache_generates_ephemeral_keys_and_never_logs_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = replace(Settings(), redis_url="", cache_keys="", cache_hmac_key="")
-    with caplog.at_level(logging.WARNING, logger="pat_runner.crypto"):
+    settings = Settings().replace(redis_url="", cache_keys="", cache_hmac_key="")
+    with caplog.at_level(logging.WARNING, logger="pat_runner.cache.crypto"):
         first = secrets_from_settings(settings, shared_cache=False)
         second = secrets_from_settings(settings, shared_cache=False)
     assert first.ephemeral and second.ephemeral
@@ -151,8 +150,8 @@ def test_embedded_cache_generates_ephemeral_keys_and_never_logs_them(
 
 def test_configured_keys_are_used() -> None:
     generated = generate_settings("k2026")
-    settings = replace(
-        Settings(), cache_keys=generated["PAT_CACHE_KEYS"], cache_hmac_key=generated["PAT_CACHE_HMAC_KEY"]
+    settings = Settings().replace(
+        cache_keys=generated["PAT_CACHE_KEYS"], cache_hmac_key=generated["PAT_CACHE_HMAC_KEY"]
     )
     loaded = secrets_from_settings(settings, shared_cache=True)
     assert not loaded.ephemeral
@@ -169,7 +168,10 @@ def test_generator_prints_settings_lines(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_generator_runs_as_a_module() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pat_runner.crypto", "--generate"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "pat_runner.cache.crypto", "--generate"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert done.stdout.startswith("PAT_CACHE_KEYS=k")
     assert "PAT_CACHE_HMAC_KEY=" in done.stdout

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from pat_runner.fhir import CODE_SYSTEM, DEMO_TAG, OWN_CODES, DeviceInfo, build_bundle
-from pat_runner.metrics import ActigraphyMetrics, actigraphy_metrics
+from pat_runner.actigraphy.fhir import CODE_SYSTEM, DEMO_TAG, OWN_CODES, DeviceInfo, build_bundle
+from pat_runner.actigraphy.metrics import ActigraphyMetrics, actigraphy_metrics
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pat_runner.keras_h5 import (
+from pat_runner.model.keras_h5 import (
     InvalidTensorValues,
     MissingTensor,
     TensorShapeMismatch,
@@ -21,7 +21,7 @@ from pat_runner.keras_h5 import (
     read_keras_h5,
     tensor_map,
 )
-from pat_runner.model import PAT, PATConfig
+from pat_runner.model.model import PAT, PATConfig
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pat_reference"
 S_WEIGHTS = FIXTURES / "PAT-S_random_seed0.h5"

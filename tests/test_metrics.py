@@ -1,7 +1,7 @@
 """Classical actigraphy metrics against hand-computable signals and the published formulas.
 
 The independent references below compute each formula directly (UTC-hour resampling, brute-force
-circular windows) instead of reusing `pat_runner.metrics` helpers.
+circular windows) instead of reusing `pat_runner.actigraphy.metrics` helpers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pat_runner.metrics import ONLY_COUNTS, actigraphy_metrics, troiano_nonwear
+from pat_runner.actigraphy.metrics import ONLY_COUNTS, actigraphy_metrics, troiano_nonwear
 
 DAY = 1440
 

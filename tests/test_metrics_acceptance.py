@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pat_runner.metrics import actigraphy_metrics, troiano_nonwear
-from pat_runner.sleep import score_sleep, sleep_periods, summarise_period
+from pat_runner.actigraphy.metrics import actigraphy_metrics, troiano_nonwear
+from pat_runner.actigraphy.sleep import score_sleep, sleep_periods, summarise_period
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "actigraphy"
 TAS_FILES = sorted(DATA.glob("TAS*_60sec.csv"))

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pat_runner import load_pat
-from pat_runner.model import PAT, MissingHeadError, PATConfig, sinusoidal_positions
+from pat_runner.model import WEEK_MINUTES
+from pat_runner.model.model import PAT, MissingHeadError, PATConfig, sinusoidal_positions
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pat_reference"
 ENCODER_TOLERANCE = 2e-4
@@ -95,7 +96,7 @@ def test_published_parameter_counts() -> None:
 def test_fast_attention_path_equals_explicit_softmax() -> None:
     torch.manual_seed(1)
     model = PAT(PATConfig.for_size("M")).eval()
-    weeks = torch.randn(2, PAT.WEEK_MINUTES)
+    weeks = torch.randn(2, WEEK_MINUTES)
     with torch.inference_mode():
         fast = model.encode(weeks)
         explicit, attention = model.encode(weeks, return_attention=True)
@@ -108,7 +109,7 @@ def test_any_multiple_of_the_patch_size_works() -> None:
     model = PAT(PATConfig.for_size("L")).eval()
     with torch.inference_mode():
         one_day = model.encode(torch.zeros(3, 1440))
-        two_weeks = model.encode(torch.zeros(1, 2 * PAT.WEEK_MINUTES))
+        two_weeks = model.encode(torch.zeros(1, 2 * WEEK_MINUTES))
     assert one_day.shape == (3, 160, 96)
     assert two_weeks.shape == (1, 2240, 96)
 
@@ -125,7 +126,7 @@ def test_other_lengths_are_a_clear_value_error(length: int) -> None:
 def test_input_must_be_batch_by_minutes() -> None:
     model = PAT(PATConfig.for_size("S")).eval()
     with pytest.raises(ValueError, match=r"\(batch, minutes\)"):
-        model.encode(torch.zeros(PAT.WEEK_MINUTES))
+        model.encode(torch.zeros(WEEK_MINUTES))
 
 
 @needs_fixtures
@@ -133,7 +134,7 @@ def test_probability_from_an_encoder_only_file_is_a_clear_error() -> None:
     model = load_pat(FIXTURES / "PAT-S_random_seed0.h5")
     assert not model.training
     with pytest.raises(MissingHeadError, match="no fine-tuned classifier head"):
-        model.predict_proba(torch.zeros(1, PAT.WEEK_MINUTES))
+        model.predict_proba(torch.zeros(1, WEEK_MINUTES))
 
 
 def test_unknown_size_is_rejected() -> None:

@@ -4,7 +4,6 @@ in-process encrypted cache, and the span tree of one request through the service
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import httpx
 import numpy as np
@@ -15,15 +14,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from pat_runner.audit import AuditMiddleware
-from pat_runner.auth import FirebaseAuthMiddleware
-from pat_runner.cache import ResultCache
+from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import ModelUnavailable
-from pat_runner.pipeline import Analyzer, ServedModel
-from pat_runner.runner import run_model
-from pat_runner.schemas import AnalyzeOptions, ModelSummary, Recording
+from pat_runner.model.store import ModelInfo, StoredPAT, demo_pat
+from pat_runner.serving.audit import AuditMiddleware
+from pat_runner.serving.auth import FirebaseAuthMiddleware
+from pat_runner.serving.pipeline import Analyzer, ServedModel
+from pat_runner.serving.runner import run_model
+from pat_runner.serving.schemas import AnalyzeOptions, ModelSummary, Recording
 from pat_runner.settings import Settings
-from pat_runner.store import ModelInfo, StoredPAT, demo_pat
 from tests.payloads import recording
 
 
@@ -32,7 +31,7 @@ def as_recording(body: dict) -> Recording:
     return Recording.model_validate_json(json.dumps(body))
 
 
-SETTINGS = replace(Settings(), redis_url="", cache_keys="", cache_hmac_key="")
+SETTINGS = Settings().replace(redis_url="", cache_keys="", cache_hmac_key="")
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +91,8 @@ async def test_analysis_then_cache_hit(stored: StoredPAT) -> None:
 
 
 def analyzer_windows(analyzer: Analyzer, rec: Recording) -> np.ndarray:
-    from pat_runner.pipeline import to_raw
-    from pat_runner.preprocess import preprocess
+    from pat_runner.actigraphy.preprocess import preprocess
+    from pat_runner.serving.pipeline import to_raw
 
     return preprocess(to_raw(rec), settings=analyzer.settings).windows
 
@@ -130,8 +129,8 @@ async def test_span_tree_of_one_request(
 ) -> None:
     for name, value in firebase_emulator.env().items():
         monkeypatch.setenv(name, value)
-    settings = replace(
-        SETTINGS, firebase_project_id=firebase_emulator.project_id, auth="firebase", allow_auth_emulator=True
+    settings = SETTINGS.replace(
+        firebase_project_id=firebase_emulator.project_id, auth="firebase", allow_auth_emulator=True
     )
     analyzer, _ = make_analyzer(stored)
 

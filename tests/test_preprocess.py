@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pat_runner.errors import InvalidInput
-from pat_runner.preprocess import (
+from pat_runner.actigraphy.preprocess import (
     PIPELINE_VERSION,
     SUPPORTED_EPOCH_SECONDS,
     WEEK_MINUTES,
@@ -18,6 +17,7 @@ from pat_runner.preprocess import (
     RawRecording,
     preprocess,
 )
+from pat_runner.errors import InvalidInput
 from pat_runner.settings import Settings
 
 DAY = 1_440

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pat_runner.actigraphy.preprocess import SUPPORTED_EPOCH_SECONDS, RawRecording, preprocess
+from pat_runner.actigraphy.readers import read_recording_file
 from pat_runner.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from pat_runner.preprocess import SUPPORTED_EPOCH_SECONDS, RawRecording, preprocess
-from pat_runner.readers import read_recording_file
 from pat_runner.settings import Settings
 from tests.data_files import SHARED_DATA, actilife_csv_bytes, agd_bytes, awd_bytes, tidy_csv_bytes
 
@@ -21,7 +21,9 @@ WEEK = 10_080
 
 
 def read(data: bytes, filename: str, timezone: str = NEW_YORK, max_bytes: int = MAX_BYTES) -> RawRecording:
-    return read_recording_file(data, filename, timezone=timezone, max_bytes=max_bytes)
+    return read_recording_file(
+        data, filename, timezone=timezone, max_bytes=max_bytes, max_minutes=Settings().max_recording_minutes
+    )
 
 
 def counts(n: int, seed: int = 0) -> np.ndarray:
@@ -355,7 +357,7 @@ def test_real_agd_at_10_s_sums_to_the_60_s_csv() -> None:
         "model": "ActiSleepPlus",
         "serial": "MRA1DXXXXXXXX",
     }
-    pre = preprocess(recording)
+    pre = preprocess(recording, settings=Settings())
     expected = minute_sums_60s_csv()
     minutes = pre.minutes
     assert len(minutes) == len(expected) == 1_440
@@ -385,7 +387,7 @@ def test_real_dummy_chai_agd() -> None:
     assert recording.epoch_seconds == 10 and len(recording.values) == 11_159
     assert recording.start == datetime.fromisoformat("2015-05-13T07:00:00+05:30")
     assert recording.device == {"manufacturer": "ActiGraph", "model": "GT3XPlus", "serial": "NEO1D31110533"}
-    pre = preprocess(recording)
+    pre = preprocess(recording, settings=Settings())
     assert pre.quality.total_minutes == 1_860 and pre.quality.windows == 1
 
 
@@ -400,7 +402,7 @@ def test_real_awd() -> None:
         "model": "Actiwatch",
         "serial": "V00000",
     }
-    pre = preprocess(recording)
+    pre = preprocess(recording, settings=Settings())
     assert pre.quality.windows == 2 and pre.quality.dropped_minutes == 0
 
 
@@ -412,13 +414,13 @@ def test_real_actilife_csv_exports() -> None:
     assert week.device == {"manufacturer": "ActiGraph", "model": "GT3X+", "serial": "TAS1D47140221"}
     table = pd.read_csv(SHARED_DATA / "TAS1D47140221_2018-11-30_60sec.csv", skiprows=10)
     np.testing.assert_array_equal(as_array(week), table["Axis1"].to_numpy(dtype=float))
-    pre = preprocess(week)
+    pre = preprocess(week, settings=Settings())
     assert pre.quality.windows == 1 and pre.quality.padded_minutes == 0 and pre.quality.missing_minutes == 0
 
-    long = preprocess(read_real("TAS1D47140221_2019-04-11_60sec.csv"))
+    long = preprocess(read_real("TAS1D47140221_2019-04-11_60sec.csv"), settings=Settings())
     assert long.quality.total_minutes == 25_123 and long.quality.nonwear_minutes == 5_788
 
-    short = preprocess(read_real("TAS1E25150490_2018-03-28_60sec.csv"))
+    short = preprocess(read_real("TAS1E25150490_2018-03-28_60sec.csv"), settings=Settings())
     assert short.quality.total_minutes == 2_943 and short.quality.padded_minutes == WEEK - 2_943
 
 
@@ -427,7 +429,7 @@ def test_real_mostly_non_wear_recording_is_422() -> None:
     recording = read_real("TAS1E25150485_2019-01-18_60sec.csv")
     assert len(recording.values) == 44_636
     with pytest.raises(InvalidInput, match=r"of the 44,636 minutes are missing, .* non-wear zero runs"):
-        preprocess(recording)
+        preprocess(recording, settings=Settings())
 
 
 @real_files

@@ -1,7 +1,7 @@
 """Sleep/wake scoring and sleep periods on constructed sequences, epoch by epoch.
 
 The reference implementations here are written straight from the papers' formulas (one epoch at a
-time, no vectorisation) so they share no code with `pat_runner.sleep`.
+time, no vectorisation) so they share no code with `pat_runner.actigraphy.sleep`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pat_runner import sleep
-from pat_runner.sleep import score_sleep, sleep_periods, summarise_period
+from pat_runner.actigraphy import sleep
+from pat_runner.actigraphy.sleep import score_sleep, sleep_periods, summarise_period
 
 
 def _series(values: list[float] | np.ndarray) -> pd.Series:

@@ -19,10 +19,9 @@ import torch
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.models import ModelStore
 
-from pat_runner.keras_h5 import MissingTensor, WeightsError
-from pat_runner.model import PAT
-from pat_runner.settings import DEMO_MODEL_NAME
-from pat_runner.store import (
+from pat_runner.model import WEEK_MINUTES
+from pat_runner.model.keras_h5 import MissingTensor, WeightsError
+from pat_runner.model.store import (
     CONVERTER_VERSION,
     ModelNotFound,
     ScalerFileError,
@@ -33,6 +32,7 @@ from pat_runner.store import (
     read_model_info,
     read_scaler,
 )
+from pat_runner.settings import DEMO_MODEL_NAME
 from scripts.quickstart_models import prepare_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +57,7 @@ def store_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
         yield home
 
 
-def write_scaler(
-    path: Path, *, length: int = PAT.WEEK_MINUTES, scale: float = 2.0, **arrays: np.ndarray
-) -> Path:
+def write_scaler(path: Path, *, length: int = WEEK_MINUTES, scale: float = 2.0, **arrays: np.ndarray) -> Path:
     rng = np.random.default_rng(0)
     contents = arrays or {"mean_": rng.normal(size=length), "scale_": np.full(length, scale)}
     np.savez(path, **contents)

@@ -291,11 +291,11 @@ class SecurityHeadersMiddleware:
 
 class DocsMiddleware:
     """Serves the Swagger UI page without BentoML's Google Tag Manager script, and the enriched OpenAPI
-    document (`pat_runner.openapi`) at `/docs.json`. Sits behind authentication."""
+    document (`pat_runner.serving.openapi`) at `/docs.json`. Sits behind authentication."""
 
     def __init__(self, app: ASGIApp, *, openapi: Callable[[], dict[str, Any]]) -> None:
         self.app = app
-        self.page = resources.files("pat_runner").joinpath("static/docs.html").read_bytes()
+        self.page = resources.files("pat_runner.serving").joinpath("static/docs.html").read_bytes()
         self.openapi = openapi
         self._openapi_body: bytes | None = None
 

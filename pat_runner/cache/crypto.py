@@ -8,7 +8,7 @@
   and cannot be recomputed by someone who can read Redis but does not hold the HMAC key.
 
 Key material comes from the environment (`PAT_CACHE_KEYS`, `PAT_CACHE_HMAC_KEY`); generate it with
-`python -m pat_runner.crypto --generate`.
+`python -m pat_runner.cache.crypto --generate`.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def secrets_from_settings(settings: Settings, *, shared_cache: bool) -> CacheSec
         raise CacheConfigError(
             f"PAT_REDIS_URL is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: "
             "a shared cache needs the same keys in every worker and pod. "
-            "Generate them with `python -m pat_runner.crypto --generate`."
+            "Generate them with `python -m pat_runner.cache.crypto --generate`."
         )
     logger.warning(
         "cache keys not configured: the embedded cache uses a random key for this process only "
@@ -188,7 +188,7 @@ def generate_settings(key_id: str) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pat_runner.crypto", description="Generate cache encryption and HMAC keys."
+        prog="python -m pat_runner.cache.crypto", description="Generate cache encryption and HMAC keys."
     )
     parser.add_argument("--generate", action="store_true", required=True, help="print new keys as env lines")
     parser.add_argument("--key-id", default=f"k{secrets.token_hex(3)}", help="id of the new encryption key")

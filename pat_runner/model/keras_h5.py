@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 import torch
 
-from pat_runner.model import PAT, PATConfig
+from pat_runner.model.model import PAT, PATConfig, build_pat
 
 Layout = Literal["save_weights", "model_save", "finetuned"]
 
@@ -290,13 +290,7 @@ def read_keras_h5(path: str | Path) -> ConvertedWeights:
         ) from exc
 
 
-def build_pat(converted: ConvertedWeights, *, device: str | torch.device = "cpu") -> PAT:
-    """A PAT in eval mode holding the converted weights."""
-    model = PAT(converted.config)
-    model.load_state_dict(converted.state_dict, strict=True)
-    return model.to(device).eval()
-
-
 def load_pat(path: str | Path, *, device: str | torch.device = "cpu") -> PAT:
     """Load a Keras PAT H5 file (any layout) as a PyTorch PAT in eval mode."""
-    return build_pat(read_keras_h5(path), device=device)
+    converted = read_keras_h5(path)
+    return build_pat(converted.config, converted.state_dict, device=device)

@@ -22,14 +22,15 @@ import numpy as np
 import torch
 from bentoml.exceptions import NotFound
 
-from pat_runner.keras_h5 import (
+from pat_runner.model import WEEK_MINUTES
+from pat_runner.model.keras_h5 import (
     ConvertedWeights,
     WeightsError,
     WeightsFileNotFound,
     WeightsFileUnreadable,
     read_keras_h5,
 )
-from pat_runner.model import PAT, PATConfig
+from pat_runner.model.model import PAT, PATConfig, build_pat
 from pat_runner.settings import DEMO_MODEL_NAME
 
 #: Bumped whenever the conversion changes what a stored model holds; a new version re-imports.
@@ -121,7 +122,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_scaler(path: str | Path, *, length: int = PAT.WEEK_MINUTES) -> tuple[np.ndarray, np.ndarray]:
+def read_scaler(path: str | Path, *, length: int = WEEK_MINUTES) -> tuple[np.ndarray, np.ndarray]:
     """A cohort `StandardScaler` as `(mean, scale)` float64 vectors of `length` (one per minute of the week).
 
     The file is an `.npz` with `mean_`/`scale_` (sklearn's attribute names) or `mean`/`scale`, e.g.
@@ -342,15 +343,14 @@ def load_stored_pat(
     try:
         config = PATConfig.from_dict(json.loads(Path(stored.path_of(CONFIG_FILE)).read_text()))
         state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
-        pat = PAT(config)
-        pat.load_state_dict(state_dict, strict=True)
+        pat = build_pat(config, state_dict, device=device)
     except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
         raise WeightsFileUnreadable(
             weights_path, f"stored model {stored.tag} cannot be loaded ({exc})"
         ) from exc
     return StoredPAT(
         tag=str(stored.tag),
-        model=pat.to(device).eval(),
+        model=pat,
         info=info,
         scaler=read_stored_scaler(stored),
     )

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import BaseModel, ConfigDict, Field
 
-from pat_runner.metrics import ActigraphyMetrics, DayActivity, NightSleep
+from pat_runner.actigraphy.metrics import ActigraphyMetrics, DayActivity, NightSleep
 
 CODE_SYSTEM = "https://pat-service.example/fhir/CodeSystem/actigraphy"
 REQUEST_ID_SYSTEM = "https://pat-service.example/fhir/NamingSystem/request-id"

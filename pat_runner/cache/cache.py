@@ -1,6 +1,6 @@
 """Encrypted cache of analysis results: Redis when `PAT_REDIS_URL` is set, an in-process LRU otherwise.
 
-Keys are `{namespace}:{tag_hash}:{entry_hash}`: both hashes are HMAC-SHA256 (`pat_runner.crypto`), the
+Keys are `{namespace}:{tag_hash}:{entry_hash}`: both hashes are HMAC-SHA256 (`pat_runner.cache.crypto`), the
 entry hash over the canonical preprocessed input, model tag, pipeline version and requested outputs, so
 a new model or pipeline misses automatically and invalidating one model tag is a prefix scan. Values are
 JSON sealed with AES-GCM at one place (`ResultCache._seal` / `_open`) for both stores.
@@ -29,7 +29,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from pat_runner import telemetry
-from pat_runner.crypto import CacheConfigError, CacheSecrets, UndecryptableValue, secrets_from_settings
+from pat_runner.cache.crypto import CacheConfigError, CacheSecrets, UndecryptableValue, secrets_from_settings
 from pat_runner.errors import ServiceError
 from pat_runner.settings import Settings
 

@@ -13,9 +13,9 @@ from zoneinfo import available_timezones
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from pat_runner.fhir import DeviceInfo
-from pat_runner.metrics import ActigraphyMetrics
-from pat_runner.preprocess import QualityReport
+from pat_runner.actigraphy.fhir import DeviceInfo
+from pat_runner.actigraphy.metrics import ActigraphyMetrics
+from pat_runner.actigraphy.preprocess import QualityReport
 
 Output = Literal["metrics", "pat", "fhir"]
 Unit = Literal["counts", "steps", "other"]

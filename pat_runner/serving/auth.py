@@ -39,7 +39,7 @@ from firebase_admin import exceptions as firebase_exceptions
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pat_runner import telemetry
-from pat_runner.settings import Settings, get_settings
+from pat_runner.settings import Settings
 
 logger = logging.getLogger("pat.auth")
 
@@ -320,9 +320,9 @@ class FirebaseAuthMiddleware:
     so a misconfigured worker fails to start rather than serving.
     """
 
-    def __init__(self, app: ASGIApp, *, settings: Settings | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
-        self.settings = settings or get_settings()
+        self.settings = settings
         check_auth_config(self.settings)
         self.verifier = FirebaseTokenVerifier(self.settings) if self.settings.auth == "firebase" else None
 

@@ -1,6 +1,6 @@
 """Classical, interpretable actigraphy metrics from one recording's minute series.
 
-Input contract (produced by `pat_runner.preprocess`): a pandas Series of activity per minute on a
+Input contract (produced by `pat_runner.actigraphy.preprocess`): a pandas Series of activity per minute on a
 timezone-aware DatetimeIndex in the wearer's IANA zone, one entry per elapsed minute (so a DST day has
 1,380 or 1,500 entries), NaN for missing or off-wrist minutes. Clock-time quantities (hour of day,
 L5/M10 onsets, calendar days, noon-to-noon nights) use the local wall clock.
@@ -16,8 +16,8 @@ Definitions and references:
   measured by accelerometer. Med Sci Sports Exerc 2008;40(1):181-188 — sedentary < 100, light
   100–2019, moderate 2020–5998, vigorous ≥ 5999 counts/min; wear time and the ≥ 10 h valid-day rule
   from the same paper.
-* Sleep: `pat_runner.sleep` (Sadeh 1994, Cole–Kripke 1992 as ActiLife 6 applies them; Tudor-Locke 2014
-  main sleep period).
+* Sleep: `pat_runner.actigraphy.sleep` (Sadeh 1994, Cole–Kripke 1992 as ActiLife 6 applies them;
+  Tudor-Locke 2014 main sleep period).
 
 Nothing is invented for thin data: a metric that cannot be computed is `null` and `reasons` says why.
 """
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from pat_runner.sleep import SleepMethod, score_sleep, sleep_periods, summarise_period
+from pat_runner.actigraphy.sleep import SleepMethod, score_sleep, sleep_periods, summarise_period
 
 COUNT_UNIT = "counts"
 ONLY_COUNTS = "only defined for ActiGraph counts"

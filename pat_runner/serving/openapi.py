@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from pat_runner import __version__
-from pat_runner.schemas import ErrorBody, ModelsResponse
+from pat_runner.serving.schemas import ErrorBody, ModelsResponse
 
 API_PREFIX = "/v1/"
 ERROR_STATUSES = {

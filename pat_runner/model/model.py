@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: (patch size, encoder layers, attention heads) of the published sizes (paper, Table 1).
-PAT_SIZES: dict[str, tuple[int, int, int]] = {"S": (18, 1, 6), "M": (18, 2, 12), "L": (9, 4, 12)}
+from pat_runner.model import PAT_SIZES, WEEK_MINUTES
 
 
 class MissingHeadError(RuntimeError):
@@ -203,9 +202,6 @@ class ClassifierHead(nn.Module):
 class PAT(nn.Module):
     """PAT encoder, with the fine-tuned classifier head when `config.has_head`."""
 
-    #: Minutes in one week, the input length PAT was pre-trained on.
-    WEEK_MINUTES = 10_080
-
     def __init__(self, config: PATConfig) -> None:
         super().__init__()
         self.config = config
@@ -220,7 +216,7 @@ class PAT(nn.Module):
         if length < patch or length % patch:
             raise ValueError(
                 f"input length {length} is not a positive multiple of the patch size {patch} "
-                f"(a week is {self.WEEK_MINUTES} minutes)"
+                f"(a week is {WEEK_MINUTES} minutes)"
             )
         return length // patch
 
@@ -228,7 +224,7 @@ class PAT(nn.Module):
         table = self._positions
         if table is None or table.shape[0] < num_patches or table.device != device or table.dtype != dtype:
             table = sinusoidal_positions(
-                max(num_patches, self.WEEK_MINUTES // self.config.patch_size), self.config.embed_dim, device
+                max(num_patches, WEEK_MINUTES // self.config.patch_size), self.config.embed_dim, device
             ).to(dtype)
             self._positions = table
         return table[:num_patches]
@@ -287,3 +283,12 @@ class PAT(nn.Module):
 
     def parameter_count(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
+
+
+def build_pat(
+    config: PATConfig, state_dict: dict[str, torch.Tensor], *, device: str | torch.device = "cpu"
+) -> PAT:
+    """A PAT in eval mode on `device` holding `state_dict` (every tensor required, none extra)."""
+    model = PAT(config)
+    model.load_state_dict(state_dict, strict=True)
+    return model.to(device).eval()

@@ -18,12 +18,14 @@ import bentoml
 import numpy as np
 
 from pat_runner import telemetry
-from pat_runner.cache import ResultCache
+from pat_runner.actigraphy.fhir import build_bundle
+from pat_runner.actigraphy.metrics import ActigraphyMetrics, actigraphy_metrics
+from pat_runner.actigraphy.preprocess import PIPELINE_VERSION, Preprocessed, RawRecording, preprocess
+from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import ModelUnavailable
-from pat_runner.fhir import build_bundle
-from pat_runner.metrics import ActigraphyMetrics, actigraphy_metrics
-from pat_runner.preprocess import PIPELINE_VERSION, Preprocessed, RawRecording, preprocess
-from pat_runner.schemas import (
+from pat_runner.model import WEEK_MINUTES
+from pat_runner.model.store import read_model_info, read_stored_scaler
+from pat_runner.serving.schemas import (
     AnalyzeOptions,
     AnalyzeResponse,
     EmbedResponse,
@@ -33,10 +35,9 @@ from pat_runner.schemas import (
     Recording,
 )
 from pat_runner.settings import Settings
-from pat_runner.store import read_model_info, read_stored_scaler
 
 Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
-WEEK = timedelta(minutes=10_080)
+WEEK = timedelta(minutes=WEEK_MINUTES)
 
 
 @dataclass(frozen=True)

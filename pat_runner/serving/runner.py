@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from pat_runner import telemetry
+from pat_runner.model.store import StoredPAT, load_stored_pat
 from pat_runner.settings import get_settings
-from pat_runner.store import StoredPAT, load_stored_pat
 
 logger = logging.getLogger(__name__)
 settings = get_settings()

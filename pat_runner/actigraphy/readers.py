@@ -38,9 +38,13 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from pat_runner.actigraphy.preprocess import (
+    SUPPORTED_EPOCH_SECONDS,
+    RawRecording,
+    check_epoch_seconds,
+    load_zone,
+)
 from pat_runner.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from pat_runner.preprocess import SUPPORTED_EPOCH_SECONDS, RawRecording, check_epoch_seconds, load_zone
-from pat_runner.settings import get_settings
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 ACTILIFE_BANNER = "Data File Created By ActiGraph"
@@ -55,10 +59,13 @@ SUPPORTED_FORMATS = "ActiGraph .agd, ActiGraph ActiLife CSV export, timestamp/ax
 _DOTNET_DATE_TOKENS = {"yyyy": "%Y", "MM": "%m", "M": "%m", "dd": "%d", "d": "%d", "MMM": "%b"}
 
 
-def read_recording_file(data: bytes, filename: str, *, timezone: str, max_bytes: int) -> RawRecording:
+def read_recording_file(
+    data: bytes, filename: str, *, timezone: str, max_bytes: int, max_minutes: int
+) -> RawRecording:
     """Read an uploaded device export into a recording of per-epoch vertical-axis counts.
 
-    Raises `PayloadTooLarge` (413) above `max_bytes`, `UnsupportedMediaType` (415) for a format that is
+    Raises `PayloadTooLarge` (413) above `max_bytes`, `InvalidInput` for a file spanning more than
+    `max_minutes`, `UnsupportedMediaType` (415) for a format that is
     not one of `SUPPORTED_FORMATS`, and `InvalidInput` (422) for a corrupt file, naming where.
     """
     if len(data) > max_bytes:
@@ -68,19 +75,19 @@ def read_recording_file(data: bytes, filename: str, *, timezone: str, max_bytes:
         raise InvalidInput("the file is empty")
     extension = PurePath(filename or "").suffix.lower()
     if data.startswith(SQLITE_MAGIC):
-        return _read_agd(data, zone, timezone)
+        return _read_agd(data, zone, timezone, max_minutes)
     if extension == ".agd":
         raise InvalidInput("the .agd file is not an SQLite database (ActiLife .agd files are)")
     if b"\x00" in data[:4096]:
         raise UnsupportedMediaType(f"binary file of an unsupported format; supported: {SUPPORTED_FORMATS}")
     lines = data.decode("utf-8-sig", errors="replace").splitlines()
     if lines and ACTILIFE_BANNER in lines[0]:
-        return _read_actilife_csv(lines, zone, timezone)
+        return _read_actilife_csv(lines, zone, timezone, max_minutes)
     if extension == ".awd" or (extension not in {".csv", ".txt"} and _looks_like_awd(lines)):
-        return _read_awd(lines, zone, timezone)
+        return _read_awd(lines, zone, timezone, max_minutes)
     header = [cell.strip().lower() for cell in lines[0].split(",")] if lines else []
     if "timestamp" in header and "axis1" in header:
-        return _read_tidy_csv(lines, zone, timezone)
+        return _read_tidy_csv(lines, zone, timezone, max_minutes)
     raise UnsupportedMediaType(f"unrecognised file layout; supported: {SUPPORTED_FORMATS}")
 
 
@@ -102,7 +109,7 @@ def localize(naive: datetime, zone: ZoneInfo, name: str, where: str) -> datetime
 # --- ActiGraph .agd (SQLite) ---------------------------------------------------------------------
 
 
-def _read_agd(data: bytes, zone: ZoneInfo, name: str) -> RawRecording:
+def _read_agd(data: bytes, zone: ZoneInfo, name: str, max_minutes: int) -> RawRecording:
     # sqlite3 opens files, not bytes: a private temporary file, read-only, removed afterwards.
     with tempfile.TemporaryDirectory(prefix="pat-agd-") as directory:
         path = os.path.join(directory, "upload.agd")
@@ -113,7 +120,7 @@ def _read_agd(data: bytes, zone: ZoneInfo, name: str) -> RawRecording:
         except sqlite3.Error as exc:
             raise InvalidInput(f"the .agd file cannot be opened as SQLite ({exc})") from None
         try:
-            return _agd_recording(connection, zone, name)
+            return _agd_recording(connection, zone, name, max_minutes)
         except sqlite3.Error as exc:
             raise InvalidInput(f"the .agd file is not a readable ActiLife database ({exc})") from None
         except UnicodeDecodeError:
@@ -123,7 +130,9 @@ def _read_agd(data: bytes, zone: ZoneInfo, name: str) -> RawRecording:
             connection.close()
 
 
-def _agd_recording(connection: sqlite3.Connection, zone: ZoneInfo, name: str) -> RawRecording:
+def _agd_recording(
+    connection: sqlite3.Connection, zone: ZoneInfo, name: str, max_minutes: int
+) -> RawRecording:
     # An uploaded database is untrusted: its schema must not run functions, and only real tables count.
     connection.execute("PRAGMA trusted_schema = OFF")
     connection.text_factory = _decode_text
@@ -146,7 +155,12 @@ def _agd_recording(connection: sqlite3.Connection, zone: ZoneInfo, name: str) ->
     except (TypeError, ValueError, OverflowError):
         raise InvalidInput("data: dataTimestamp and axis1 must be numbers") from None
     values = _place(
-        ticks - start_ticks, epoch * TICKS_PER_SECOND, counts, epoch, lambda i: f"data row {i + 1}"
+        ticks - start_ticks,
+        epoch * TICKS_PER_SECOND,
+        counts,
+        epoch,
+        lambda i: f"data row {i + 1}",
+        max_minutes,
     )
     device = _device("ActiGraph", settings.get("devicename"), settings.get("deviceserial"))
     return RawRecording(start=start, timezone=name, epoch_seconds=epoch, values=values, device=device)
@@ -175,7 +189,7 @@ def _from_ticks(ticks: int, where: str) -> datetime:
 # --- CSV exports -----------------------------------------------------------------------------------
 
 
-def _read_actilife_csv(lines: list[str], zone: ZoneInfo, name: str) -> RawRecording:
+def _read_actilife_csv(lines: list[str], zone: ZoneInfo, name: str, max_minutes: int) -> RawRecording:
     header = lines[:ACTILIFE_HEADER_LINES]
     text = "\n".join(header)
     banner = header[0]
@@ -202,7 +216,7 @@ def _read_actilife_csv(lines: list[str], zone: ZoneInfo, name: str) -> RawRecord
     body = lines[ACTILIFE_HEADER_LINES:]
     first_line = ACTILIFE_HEADER_LINES + 1
     has_columns = bool(body) and re.search(r"[A-Za-z]", body[0]) is not None
-    _check_span(len(body) - int(has_columns), epoch)
+    _check_span(len(body) - int(has_columns), epoch, max_minutes)
     table = _read_table(body, header=has_columns, first_line=first_line)
     columns = {str(column).strip().lower(): column for column in table.columns}
     data_line = first_line + (1 if has_columns else 0)
@@ -218,15 +232,17 @@ def _read_actilife_csv(lines: list[str], zone: ZoneInfo, name: str) -> RawRecord
             values = counts
         else:
             offsets = _offsets_us(stamps, pd.Timestamp(naive_start))
-            values = _place(offsets, epoch * 1_000_000, counts, epoch, lambda i: f"line {data_line + i}")
+            values = _place(
+                offsets, epoch * 1_000_000, counts, epoch, lambda i: f"line {data_line + i}", max_minutes
+            )
     device = _device(
         "ActiGraph", _search(r"ActiGraph\s+(\S+)", banner), _search(r"Serial Number:\s*(\S+)", text)
     )
     return RawRecording(start=start, timezone=name, epoch_seconds=epoch, values=values, device=device)
 
 
-def _read_tidy_csv(lines: list[str], zone: ZoneInfo, name: str) -> RawRecording:
-    _check_span(len(lines) - 1, min(SUPPORTED_EPOCH_SECONDS))
+def _read_tidy_csv(lines: list[str], zone: ZoneInfo, name: str, max_minutes: int) -> RawRecording:
+    _check_span(len(lines) - 1, min(SUPPORTED_EPOCH_SECONDS), max_minutes)
     table = _read_table(lines, header=True, first_line=1)
     columns = {str(column).strip().lower(): column for column in table.columns}
     if table.empty:
@@ -256,7 +272,7 @@ def _read_tidy_csv(lines: list[str], zone: ZoneInfo, name: str) -> RawRecording:
         raise InvalidInput(f"timestamp: the epoch of {epoch_us / 1e6:g} s is not a whole number of seconds")
     epoch = epoch_us // 1_000_000
     check_epoch_seconds(epoch, where="timestamp (epoch inferred from the smallest step)")
-    values = _place(offsets, epoch_us, counts, epoch, lambda i: f"line {i + 2}")
+    values = _place(offsets, epoch_us, counts, epoch, lambda i: f"line {i + 2}", max_minutes)
     if aware.all():
         start = first.to_pydatetime().astimezone(zone)
     else:
@@ -352,7 +368,7 @@ def _looks_like_awd(lines: list[str]) -> bool:
     )
 
 
-def _read_awd(lines: list[str], zone: ZoneInfo, name: str) -> RawRecording:
+def _read_awd(lines: list[str], zone: ZoneInfo, name: str, max_minutes: int) -> RawRecording:
     if len(lines) <= AWD_HEADER_LINES:
         raise InvalidInput(f"the .awd file has {len(lines)} lines; it needs a 7-line header and epochs")
     date_text, time_text, code = (lines[i].strip() for i in (1, 2, 3))
@@ -380,7 +396,7 @@ def _read_awd(lines: list[str], zone: ZoneInfo, name: str) -> RawRecording:
     # A count, optionally followed by a marker (e.g. "M") or further columns: the count comes first.
     while body and not body[-1].strip():
         body = body[:-1]
-    _check_span(len(body), epoch)
+    _check_span(len(body), epoch, max_minutes)
     first_fields = pd.Series(body, dtype=str).str.extract(r"^\s*([^,\s]*)", expand=False).fillna("")
     values = _numbers(first_fields, "activity count", AWD_HEADER_LINES + 1)
     device = _device("Philips Respironics", "Actiwatch", lines[5])
@@ -391,7 +407,12 @@ def _read_awd(lines: list[str], zone: ZoneInfo, name: str) -> RawRecording:
 
 
 def _place(
-    offsets: np.ndarray, per_epoch: int, counts: np.ndarray, epoch: int, row_label: Callable[[int], str]
+    offsets: np.ndarray,
+    per_epoch: int,
+    counts: np.ndarray,
+    epoch: int,
+    row_label: Callable[[int], str],
+    max_minutes: int,
 ) -> np.ndarray:
     """Counts placed on the epoch grid by their time offsets from the start; absent epochs are NaN."""
     off_grid = (offsets < 0) | (offsets % per_epoch != 0)
@@ -406,15 +427,14 @@ def _place(
     if not_increasing.any():
         row = int(np.argmax(not_increasing)) + 1
         raise InvalidInput(f"{row_label(row)}: the timestamp repeats or goes back in time")
-    _check_span(int(index[-1]) + 1, epoch)
+    _check_span(int(index[-1]) + 1, epoch, max_minutes)
     values = np.full(int(index[-1]) + 1, np.nan)
     values[index] = counts
     return values
 
 
-def _check_span(epochs: int, epoch: int) -> None:
+def _check_span(epochs: int, epoch: int, maximum: int) -> None:
     # Checked here as well as in preprocessing so a hostile timestamp cannot make us allocate a huge grid.
-    maximum = get_settings().max_recording_minutes
     minutes = -(-epochs * epoch // 60)
     if minutes > maximum:
         raise InvalidInput(

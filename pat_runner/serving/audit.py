@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pat_runner import telemetry
-from pat_runner.auth import endpoint_label
+from pat_runner.serving.auth import endpoint_label
 
 audit_logger = logging.getLogger("pat.audit")
 

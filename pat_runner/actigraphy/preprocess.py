@@ -45,11 +45,11 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from pat_runner.errors import InvalidInput
-from pat_runner.settings import Settings, get_settings
+from pat_runner.model import WEEK_MINUTES
+from pat_runner.settings import Settings
 
 #: Bump whenever the same input gives different outputs (it is part of the result-cache key).
 PIPELINE_VERSION = "1"
-WEEK_MINUTES = 10_080
 SUPPORTED_EPOCH_SECONDS = tuple(s for s in range(1, 61) if 60 % s == 0)
 _CANONICAL_FORMAT = "pat-minutes/1"
 _CANONICAL_NAN = np.frombuffer(b"\x00\x00\x00\x00\x00\x00\xf8\x7f", dtype="<f8")[0]
@@ -174,14 +174,12 @@ def preprocess(
     recording: RawRecording,
     *,
     scaler: tuple[np.ndarray, np.ndarray] | None = None,
-    settings: Settings | None = None,
+    settings: Settings,
 ) -> Preprocessed:
     """Prepare one recording for the metrics and PAT (rules in the module docstring).
 
     Raises `InvalidInput` (422) for anything a client sent that cannot be analysed, naming what and where.
     """
-    settings = settings or get_settings()
-    _check_settings(settings)
     zone = load_zone(recording.timezone)
     check_epoch_seconds(recording.epoch_seconds)
     epoch = int(recording.epoch_seconds)
@@ -265,16 +263,6 @@ def preprocess(
         warnings=warnings,
         _canonical=canonical,
     )
-
-
-def _check_settings(settings: Settings) -> None:
-    # Operator configuration, not client input: a plain error so a misconfigured service fails loudly.
-    if settings.window_stride_minutes <= 0:
-        raise ValueError(f"PAT_WINDOW_STRIDE_MINUTES must be positive, got {settings.window_stride_minutes}")
-    if not 1 <= settings.min_recording_minutes <= settings.max_recording_minutes:
-        raise ValueError("PAT_MIN_RECORDING_MINUTES must be between 1 and PAT_MAX_RECORDING_MINUTES")
-    if not 0 <= settings.max_missing_fraction <= 1:
-        raise ValueError("PAT_MAX_MISSING_FRACTION must be between 0 and 1")
 
 
 def _epoch_values(values: Sequence[float | None] | np.ndarray) -> np.ndarray:
