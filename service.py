@@ -7,8 +7,11 @@ clinical metrics and FHIR formatting into the v1 HTTP API. Logic lives in `pat_r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
 import bentoml
 import numpy as np
@@ -22,6 +25,8 @@ from pat_runner import telemetry
 from pat_runner.actigraphy.readers import read_recording_file
 from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import InvalidInput, PayloadTooLarge, ServiceError
+from pat_runner.model.store import read_model_info, read_stored_scaler
+from pat_runner.serving import routes
 from pat_runner.serving.audit import AuditMiddleware, configure_logging
 from pat_runner.serving.auth import FirebaseAuthMiddleware, check_auth_config
 from pat_runner.serving.http import (
@@ -32,7 +37,7 @@ from pat_runner.serving.http import (
     error_response,
 )
 from pat_runner.serving.openapi import enrich
-from pat_runner.serving.pipeline import Analyzer, served_model
+from pat_runner.serving.pipeline import Analyzer, InputFacts, to_raw
 from pat_runner.serving.runner import PATModel
 from pat_runner.serving.schemas import (
     SUBJECT_PATTERN,
@@ -65,6 +70,25 @@ _ssl = (
 )
 
 models_app = Starlette()
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def enveloped(
+    handler: Callable[Concatenate[Any, bentoml.Context, P], Awaitable[R]],
+) -> Callable[Concatenate[Any, bentoml.Context, P], Awaitable[R | JSONResponse]]:
+    """The one error path of every handler: a `ServiceError` becomes the error envelope."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, ctx: bentoml.Context, *args: P.args, **kwargs: P.kwargs) -> R | JSONResponse:
+        try:
+            return await handler(self, ctx, *args, **kwargs)
+        except ServiceError as exc:
+            # BentoML copies ctx.response.status_code onto any response of a handler that takes a context.
+            ctx.response.status_code = exc.status
+            return error_response(exc, _request_id(ctx))
+
+    return wrapper
 
 
 @bentoml.service(
@@ -81,10 +105,16 @@ class PATService:
     model_ref = bentoml.models.BentoModel(settings.model_tag)
 
     def __init__(self) -> None:
-        self.served = served_model(self.model_ref)
+        self.model_info = read_model_info(self.model_ref)
         self.cache = ResultCache.from_settings(settings)
-        self.analyzer = Analyzer(model=self.served, infer=self._infer, cache=self.cache, settings=settings)
-        telemetry.record_model_info(self.served.summary)
+        self.analyzer = Analyzer(
+            model=self.model_info,
+            scaler=read_stored_scaler(self.model_ref),
+            infer=self._infer,
+            cache=self.cache,
+            settings=settings,
+        )
+        telemetry.record_model_info(self.model_info)
 
     async def _infer(self, windows: np.ndarray) -> np.ndarray:
         # The dependency's client gets its endpoints only after __init__, at server start-up.
@@ -94,20 +124,18 @@ class PATService:
     async def close(self) -> None:
         await self.cache.close()
 
-    @bentoml.api(route="/v1/analyze")
+    @bentoml.api(route=routes.ANALYZE)
+    @enveloped
     async def analyze(
         self, ctx: bentoml.Context, recording: Recording, options: AnalyzeOptions = DEFAULT_ANALYZE
     ) -> AnalyzeResponse:
         """Analyse one recording: clinical metrics, PAT outputs and a FHIR R4 Bundle."""
-        state = _state(ctx)
-        try:
-            return await self.analyzer.analyze(
-                recording, options, request_id=state["request_id"], audit=state["audit"]
-            )
-        except ServiceError as exc:
-            return _fail(ctx, exc)
+        analysis = await self.analyzer.analyze(to_raw(recording), options, request_id=_request_id(ctx))
+        _audit(ctx, analysis.facts)
+        return analysis.response
 
-    @bentoml.api(route="/v1/analyze/batch")
+    @bentoml.api(route=routes.ANALYZE_BATCH)
+    @enveloped
     async def analyze_batch(
         self,
         ctx: bentoml.Context,
@@ -116,47 +144,47 @@ class PATService:
     ) -> BatchResponse:
         """Analyse several recordings independently (e.g. a nightly sync); one result or error each,
         in request order."""
-        state = _state(ctx)
+        request_id = _request_id(ctx)
         if len(recordings) > settings.max_batch_recordings:
-            return _fail(
-                ctx,
-                PayloadTooLarge(
-                    f"{len(recordings)} recordings in one batch; the limit is {settings.max_batch_recordings}"
-                ),
+            raise PayloadTooLarge(
+                f"{len(recordings)} recordings in one batch; the limit is {settings.max_batch_recordings}"
             )
+        facts: list[InputFacts | None] = [None] * len(recordings)
 
         async def one(index: int, recording: Recording) -> BatchItem:
             try:
-                result = await self.analyzer.analyze(
-                    recording, options, request_id=f"{state['request_id']}.{index}", audit={}
+                analysis = await self.analyzer.analyze(
+                    to_raw(recording), options, request_id=f"{request_id}.{index}"
                 )
             except ServiceError as exc:
                 where = f"recordings[{index}]: {exc.message}"
                 return BatchItem(error=ErrorDetail(code=exc.code, message=where))
-            return BatchItem(result=result)
+            facts[index] = analysis.facts
+            return BatchItem(result=analysis.response)
 
         # Concurrently, so the model service batches the recordings' windows together.
         items = await asyncio.gather(*(one(i, recording) for i, recording in enumerate(recordings)))
-        state["audit"]["n_recordings"] = len(recordings)
-        return BatchResponse(request_id=state["request_id"], results=list(items))
+        audit = ctx.request.state.audit
+        audit["n_recordings"] = len(recordings)
+        audit["inputs_sha256"] = [f.input_sha256 if f else None for f in facts]
+        audit["minutes"] = sum(f.minutes for f in facts if f)
+        audit["model_tag"] = self.model_info.tag
+        return BatchResponse(request_id=request_id, results=list(items))
 
-    @bentoml.api(route="/v1/embed")
+    @bentoml.api(route=routes.EMBED)
+    @enveloped
     async def embed(
         self, ctx: bentoml.Context, recording: Recording, options: EmbedOptions = DEFAULT_EMBED
     ) -> EmbedResponse:
         """PAT embeddings: the mean-pooled 96-d vector per week window (per-patch on request)."""
-        state = _state(ctx)
-        try:
-            return await self.analyzer.embed(
-                recording,
-                per_patch=options.per_patch,
-                request_id=state["request_id"],
-                audit=state["audit"],
-            )
-        except ServiceError as exc:
-            return _fail(ctx, exc)
+        embedding = await self.analyzer.embed(
+            to_raw(recording), per_patch=options.per_patch, request_id=_request_id(ctx)
+        )
+        _audit(ctx, embedding.facts)
+        return embedding.response
 
-    @bentoml.api(route="/v1/analyze/file")
+    @bentoml.api(route=routes.ANALYZE_FILE)
+    @enveloped
     async def analyze_file(
         self,
         ctx: bentoml.Context,
@@ -167,9 +195,9 @@ class PATService:
     ) -> AnalyzeResponse:
         """Analyse a device export uploaded as multipart/form-data: ActiGraph `.agd` or CSV, Actiwatch
         `.awd`. Timestamps in the file are read as local clock time in `timezone`."""
-        state = _state(ctx)
+        data = file.read_bytes()
+        ctx.request.state.audit["upload_bytes"] = len(data)
         try:
-            data = file.read_bytes()
             raw = read_recording_file(
                 data,
                 file.name,
@@ -177,62 +205,45 @@ class PATService:
                 max_bytes=settings.max_upload_bytes,
                 max_minutes=settings.max_recording_minutes,
             )
-            recording = Recording.model_validate(
-                {
-                    "start": raw.start,
-                    "timezone": raw.timezone,
-                    "epoch_seconds": raw.epoch_seconds,
-                    "values": [None if v != v else float(v) for v in raw.values],
-                    "unit": raw.unit,
-                    "subject": subject or None,
-                    "device": raw.device,
-                }
-            )
             options = AnalyzeOptions(outputs=outputs)
-            state["audit"]["upload_bytes"] = len(data)
-            return await self.analyzer.analyze(
-                recording, options, request_id=state["request_id"], audit=state["audit"]
-            )
-        except ServiceError as exc:
-            return _fail(ctx, exc)
         except ValueError as exc:
-            return _fail(ctx, InvalidInput(str(exc)))
+            raise InvalidInput(str(exc)) from exc
+        # The reader's recording goes to the pipeline as it is; the form's subject is the only addition.
+        raw = dataclasses.replace(raw, subject=subject or None)
+        analysis = await self.analyzer.analyze(raw, options, request_id=_request_id(ctx))
+        _audit(ctx, analysis.facts)
+        return analysis.response
 
-    @bentoml.api(route="/v1/cache/invalidate")
+    @bentoml.api(route=routes.CACHE_INVALIDATE)
+    @enveloped
     async def invalidate_cache(
         self,
         ctx: bentoml.Context,
         model_tag: Annotated[str, Field(description="Model tag whose results to drop; empty: all.")] = "",
     ) -> InvalidateResponse:
         """Remove cached results of one model tag, or all of them (admin role only)."""
-        try:
-            removed = await self.cache.invalidate(model_tag or None)
-        except ServiceError as exc:
-            return _fail(ctx, exc)
-        _state(ctx)["audit"]["invalidated"] = removed
+        removed = await self.cache.invalidate(model_tag or None)
+        ctx.request.state.audit["invalidated"] = removed
         return InvalidateResponse(removed=removed)
 
 
-def _fail(ctx: bentoml.Context, exc: ServiceError) -> JSONResponse:
-    # BentoML copies ctx.response.status_code onto any response of a handler that takes a context.
-    ctx.response.status_code = exc.status
-    return error_response(exc, _state(ctx)["request_id"])
+def _request_id(ctx: bentoml.Context) -> str:
+    """The request id AuditMiddleware assigned."""
+    return getattr(ctx.request.state, "request_id", None) or ""
 
 
-def _state(ctx: bentoml.Context) -> dict[str, Any]:
-    """Request id and the audit fields the handler adds (set up by AuditMiddleware)."""
-    state = ctx.request.state
-    return {"request_id": getattr(state, "request_id", None) or "", "audit": state.audit}
+def _audit(ctx: bentoml.Context, facts: InputFacts) -> None:
+    """The pipeline's facts about the input, into the audit record AuditMiddleware writes."""
+    ctx.request.state.audit.update(dataclasses.asdict(facts))
 
 
 async def _get_models(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
-    return JSONResponse(ModelsResponse(models=[service.served.info]).model_dump(mode="json"))
+    return JSONResponse(ModelsResponse(models=[service.model_info.to_dict()]).model_dump(mode="json"))
 
 
-models_app.router.routes.append(Route("/v1/models", _get_models, methods=["GET"]))
+models_app.router.routes.append(Route(routes.MODELS, _get_models, methods=["GET"]))
 PATService.mount_asgi_app(models_app, path="/")
-
 # First added = outermost: audit sees every final status; errors are enveloped before audit logs them;
 # authentication runs before the docs are served and before any body is read; limits run before
 # BentoML parses the body.

@@ -25,12 +25,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
+
+    from pat_runner.model.info import ModelInfo
 
 TRACER_NAME = "pat_runner"
 tracer = trace.get_tracer(TRACER_NAME)
@@ -201,13 +203,7 @@ def record_inference(batch_size: int, seconds: float) -> None:
     m.inference_latency.observe(seconds)
 
 
-class ModelDescription(Protocol):
-    tag: str
-    size: str
-    demo: bool
-
-
-def record_model_info(model: ModelDescription) -> None:
+def record_model_info(model: ModelInfo) -> None:
     metrics().model_info.labels(tag=model.tag, size=model.size, demo=str(model.demo).lower()).set(1)
 
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pat_runner.model.keras_h5 import WeightsError  # noqa: E402
-from pat_runner.model.store import ModelInfo, import_h5  # noqa: E402
+from pat_runner.model.store import import_h5, read_model_info  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except (WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    info = ModelInfo.from_bento_model(model)
+    info = read_model_info(model)
     head = f", head task {info.head_task or 'unnamed'}" if info.layout == "finetuned" else ""
     print(
         f"imported {info.source_file}: PAT-{info.size}, {info.layout}{head}, "

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pat_runner.model.store import ModelInfo, ensure_demo_model, import_h5  # noqa: E402
+from pat_runner.model.store import ensure_demo_model, import_h5, read_model_info  # noqa: E402
 
 # The download links of the PAT README ("PAT Encoders Weights Download"), CC-BY-4.0.
 OFFICIAL_WEIGHTS = {
@@ -54,7 +54,7 @@ def prepare_models(models_dir: str = "models") -> str:
         return str(ensure_demo_model().tag)
     imported = []
     for path in files:
-        info = ModelInfo.from_bento_model(import_h5(path))
+        info = read_model_info(import_h5(path))
         print(f"imported {path.name}: PAT-{info.size} ({info.layout}) as {info.tag}", flush=True)
         imported.append(info)
     chosen = max(

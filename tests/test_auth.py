@@ -28,8 +28,8 @@ from pat_runner.serving.auth import (
     AuthConfigError,
     FirebaseAuthMiddleware,
     check_auth_config,
-    endpoint_label,
 )
+from pat_runner.serving.routes import endpoint_label
 from pat_runner.settings import Settings
 from tests.certs import self_signed
 from tests.endpoints import ANY_ROLE, ENDPOINTS, OPEN_PATHS

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,8 +18,9 @@ import pytest
 import redis
 import redis.asyncio as redis_asyncio
 from prometheus_client import REGISTRY
+from pydantic import BaseModel
 
-from pat_runner.cache.cache import CacheUnavailable, MemoryStore, ResultCache
+from pat_runner.cache.cache import CacheKey, CacheUnavailable, MemoryStore, ResultCache
 from pat_runner.cache.crypto import (
     CacheCipher,
     CacheConfigError,
@@ -32,12 +32,18 @@ from pat_runner.settings import Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 PIPELINE = "pipeline-1"
-RESULT = {
-    "quality": {"minutes": 10080},
-    "metrics": {"total_sleep_minutes": 417.5},
-    "pat": None,
-    "warnings": [],
-}
+
+
+class Result(BaseModel):
+    """A stand-in for the pipeline's computed result: any pydantic model round-trips the same way."""
+
+    quality: dict[str, int]
+    metrics: dict[str, float]
+    pat: None = None
+    warnings: list[str] = []
+
+
+RESULT = Result(quality={"minutes": 10080}, metrics={"total_sleep_minutes": 417.5})
 
 
 def redis_reachable() -> bool:
@@ -70,12 +76,12 @@ def cache_settings(**overrides: Any) -> Settings:
 class CountingCompute:
     """A stand-in for the analysis: returns a fixed JSON result and counts how often it ran."""
 
-    result: dict[str, Any] = field(default_factory=lambda: dict(RESULT))
+    result: Result = field(default_factory=lambda: RESULT.model_copy())
     delay_s: float = 0.0
     calls: int = 0
 
-    def __call__(self) -> Callable[[], Awaitable[dict[str, Any]]]:
-        async def compute() -> dict[str, Any]:
+    def __call__(self) -> Callable[[], Awaitable[Result]]:
+        async def compute() -> Result:
             self.calls += 1
             await asyncio.sleep(self.delay_s)
             return self.result
@@ -86,7 +92,7 @@ class CountingCompute:
 def key_for(
     cache: ResultCache, data: bytes, tag: str = "pat-m:abc", outputs: tuple[str, ...] = ("pat",)
 ) -> str:
-    return cache.make_key(canonical_input=data, model_tag=tag, pipeline_version=PIPELINE, outputs=outputs)
+    return cache.make_key(CacheKey(data, tag, PIPELINE, frozenset(outputs)))
 
 
 def lookups(outcome: str) -> float:
@@ -113,8 +119,8 @@ async def test_miss_then_hit_and_metrics(redis_cache: ResultCache) -> None:
     compute = CountingCompute()
     key = key_for(redis_cache, b"week-1")
     hits_before, misses_before = lookups("hit"), lookups("miss")
-    assert await redis_cache.get_or_compute(key, "pat-m:abc", compute()) == (RESULT, "miss")
-    assert await redis_cache.get_or_compute(key, "pat-m:abc", compute()) == (RESULT, "hit")
+    assert await redis_cache.get_or_compute(key, "pat-m:abc", compute(), Result) == (RESULT, "miss")
+    assert await redis_cache.get_or_compute(key, "pat-m:abc", compute(), Result) == (RESULT, "hit")
     assert compute.calls == 1
     assert redis_cache.state == "redis"
     assert lookups("hit") - hits_before == 1 and lookups("miss") - misses_before == 1
@@ -127,9 +133,7 @@ async def test_key_covers_input_outputs_pipeline_and_tag(redis_cache: ResultCach
         key_for(redis_cache, b"week-2"),
         key_for(redis_cache, b"week-1", outputs=("pat", "metrics")),
         key_for(redis_cache, b"week-1", tag="pat-m:def"),
-        redis_cache.make_key(
-            canonical_input=b"week-1", model_tag="pat-m:abc", pipeline_version="2", outputs=["pat"]
-        ),
+        redis_cache.make_key(CacheKey(b"week-1", "pat-m:abc", "2", frozenset(["pat"]))),
     }
     assert base not in variants and len(variants) == 4
     # the order and repetition of requested outputs do not matter
@@ -144,7 +148,7 @@ async def test_key_covers_input_outputs_pipeline_and_tag(redis_cache: ResultCach
 @needs_redis
 async def test_key_of_another_model_tag_is_refused(redis_cache: ResultCache) -> None:
     with pytest.raises(ValueError, match="model tag"):
-        await redis_cache.get_or_compute(key_for(redis_cache, b"w"), "pat-l:xyz", CountingCompute()())
+        await redis_cache.get_or_compute(key_for(redis_cache, b"w"), "pat-l:xyz", CountingCompute()(), Result)
 
 
 @needs_redis
@@ -153,11 +157,11 @@ async def test_ttl_expiry(raw_redis: redis_asyncio.Redis) -> None:
     try:
         compute = CountingCompute()
         key = key_for(cache, b"week-ttl")
-        assert (await cache.get_or_compute(key, "pat-m:abc", compute()))[1] == "miss"
+        assert (await cache.get_or_compute(key, "pat-m:abc", compute(), Result))[1] == "miss"
         assert 0 < await raw_redis.pttl(key) <= 1000
-        assert (await cache.get_or_compute(key, "pat-m:abc", compute()))[1] == "hit"
+        assert (await cache.get_or_compute(key, "pat-m:abc", compute(), Result))[1] == "hit"
         await asyncio.sleep(1.1)
-        assert (await cache.get_or_compute(key, "pat-m:abc", compute()))[1] == "miss"
+        assert (await cache.get_or_compute(key, "pat-m:abc", compute(), Result))[1] == "miss"
         assert compute.calls == 2
     finally:
         await cache.invalidate(None)
@@ -176,15 +180,15 @@ async def test_invalidate_by_model_tag_and_everything(raw_redis: redis_asyncio.R
         m_keys = [key_for(cache, f"m{i}".encode(), tag="pat-m:abc") for i in range(3)]
         l_keys = [key_for(cache, f"l{i}".encode(), tag="pat-l:xyz") for i in range(2)]
         for key in m_keys:
-            await cache.get_or_compute(key, "pat-m:abc", compute())
+            await cache.get_or_compute(key, "pat-m:abc", compute(), Result)
         for key in l_keys:
-            await cache.get_or_compute(key, "pat-l:xyz", compute())
+            await cache.get_or_compute(key, "pat-l:xyz", compute(), Result)
         other_key = key_for(neighbour, b"m0")
-        await neighbour.get_or_compute(other_key, "pat-m:abc", compute())
+        await neighbour.get_or_compute(other_key, "pat-m:abc", compute(), Result)
 
         assert await cache.invalidate("pat-m:abc") == 3
-        assert (await cache.get_or_compute(m_keys[0], "pat-m:abc", compute()))[1] == "miss"
-        assert (await cache.get_or_compute(l_keys[0], "pat-l:xyz", compute()))[1] == "hit"
+        assert (await cache.get_or_compute(m_keys[0], "pat-m:abc", compute(), Result))[1] == "miss"
+        assert (await cache.get_or_compute(l_keys[0], "pat-l:xyz", compute(), Result))[1] == "hit"
 
         assert await cache.invalidate(None) == 3  # m_keys[0] again, and both pat-l keys
         assert [await raw_redis.exists(k) for k in (*m_keys, *l_keys)] == [0] * 5
@@ -201,7 +205,7 @@ async def test_single_flight_computes_once(redis_cache: ResultCache) -> None:
     compute = CountingCompute(delay_s=0.1)
     key = key_for(redis_cache, b"popular-week")
     results = await asyncio.gather(
-        *(redis_cache.get_or_compute(key, "pat-m:abc", compute()) for _ in range(25))
+        *(redis_cache.get_or_compute(key, "pat-m:abc", compute(), Result) for _ in range(25))
     )
     assert compute.calls == 1
     assert sorted(outcome for _, outcome in results) == ["hit"] * 24 + ["miss"]
@@ -220,21 +224,22 @@ async def test_compute_failure_reaches_every_waiter_and_is_not_cached(redis_cach
 
     key = key_for(redis_cache, b"week-f")
     outcomes = await asyncio.gather(
-        *(redis_cache.get_or_compute(key, "pat-m:abc", failing) for _ in range(5)), return_exceptions=True
+        *(redis_cache.get_or_compute(key, "pat-m:abc", failing, Result) for _ in range(5)),
+        return_exceptions=True,
     )
     assert calls == 1
     assert all(isinstance(o, RuntimeError) for o in outcomes)
     compute = CountingCompute()
-    assert (await redis_cache.get_or_compute(key, "pat-m:abc", compute()))[1] == "miss"
+    assert (await redis_cache.get_or_compute(key, "pat-m:abc", compute(), Result))[1] == "miss"
 
 
 @needs_redis
 async def test_cancelled_leader_does_not_cancel_followers(redis_cache: ResultCache) -> None:
     compute = CountingCompute(delay_s=0.1)
     key = key_for(redis_cache, b"week-c")
-    leader = asyncio.create_task(redis_cache.get_or_compute(key, "pat-m:abc", compute()))
+    leader = asyncio.create_task(redis_cache.get_or_compute(key, "pat-m:abc", compute(), Result))
     await asyncio.sleep(0.01)
-    follower = asyncio.create_task(redis_cache.get_or_compute(key, "pat-m:abc", compute()))
+    follower = asyncio.create_task(redis_cache.get_or_compute(key, "pat-m:abc", compute(), Result))
     await asyncio.sleep(0.01)
     leader.cancel()
     assert await follower == (RESULT, "hit")
@@ -247,14 +252,16 @@ async def test_raw_value_is_encrypted_and_a_wrong_key_cannot_read_it(raw_redis: 
     cache = ResultCache.from_settings(settings)
     try:
         key = key_for(cache, b"week-secret")
-        await cache.get_or_compute(key, "pat-m:abc", CountingCompute()())
+        await cache.get_or_compute(key, "pat-m:abc", CountingCompute()(), Result)
         raw = await raw_redis.get(key)
         assert raw is not None and raw.startswith(b"v1|k1|")
         # The header is the only plaintext; a random 12-byte nonce follows, so no byte test on it.
         assert b"total_sleep_minutes" not in raw and b"417.5" not in raw
-        assert json.dumps(RESULT).encode() not in raw and len(raw) > len("v1|k1|") + 12 + 16
+        assert RESULT.model_dump_json().encode() not in raw and len(raw) > len("v1|k1|") + 12 + 16
         assert (
-            json.loads(CacheCipher(parse_cipher_keys(settings.cache_keys)).decrypt(raw, cache_key=key))
+            Result.model_validate_json(
+                CacheCipher(parse_cipher_keys(settings.cache_keys)).decrypt(raw, cache_key=key)
+            )
             == RESULT
         )
 
@@ -265,7 +272,7 @@ async def test_raw_value_is_encrypted_and_a_wrong_key_cannot_read_it(raw_redis: 
         wrong = ResultCache.from_settings(settings.replace(cache_keys=f"k1:{b64_key()}"))
         errors_before = REGISTRY.get_sample_value("pat_cache_errors_total", {"operation": "decrypt"}) or 0.0
         compute = CountingCompute()
-        assert (await wrong.get_or_compute(key, "pat-m:abc", compute()))[1] == "miss"
+        assert (await wrong.get_or_compute(key, "pat-m:abc", compute(), Result))[1] == "miss"
         assert compute.calls == 1
         assert (
             REGISTRY.get_sample_value("pat_cache_errors_total", {"operation": "decrypt"}) == errors_before + 1
@@ -285,9 +292,9 @@ async def test_key_rotation_keeps_old_values_readable(raw_redis: redis_asyncio.R
     try:
         compute = CountingCompute()
         old_key, new_key = key_for(old, b"before-rotation"), key_for(old, b"after-rotation")
-        await old.get_or_compute(old_key, "pat-m:abc", compute())
-        assert (await rotated.get_or_compute(old_key, "pat-m:abc", compute()))[1] == "hit"
-        await rotated.get_or_compute(new_key, "pat-m:abc", compute())
+        await old.get_or_compute(old_key, "pat-m:abc", compute(), Result)
+        assert (await rotated.get_or_compute(old_key, "pat-m:abc", compute(), Result))[1] == "hit"
+        await rotated.get_or_compute(new_key, "pat-m:abc", compute(), Result)
         assert (await raw_redis.get(new_key) or b"").startswith(b"v1|2026|")
         assert (await raw_redis.get(old_key) or b"").startswith(b"v1|2025|")
         assert compute.calls == 2
@@ -326,11 +333,11 @@ async def test_embedded_lru_evicts_least_recently_used() -> None:
     compute = CountingCompute()
     a, b, c = (key_for(cache, name) for name in (b"a", b"b", b"c"))
     for key in (a, b):
-        await cache.get_or_compute(key, "pat-m:abc", compute())
-    assert (await cache.get_or_compute(a, "pat-m:abc", compute()))[1] == "hit"  # a is now most recent
-    await cache.get_or_compute(c, "pat-m:abc", compute())  # evicts b
-    assert (await cache.get_or_compute(a, "pat-m:abc", compute()))[1] == "hit"
-    assert (await cache.get_or_compute(b, "pat-m:abc", compute()))[1] == "miss"
+        await cache.get_or_compute(key, "pat-m:abc", compute(), Result)
+    assert (await cache.get_or_compute(a, "pat-m:abc", compute(), Result))[1] == "hit"  # a is now most recent
+    await cache.get_or_compute(c, "pat-m:abc", compute(), Result)  # evicts b
+    assert (await cache.get_or_compute(a, "pat-m:abc", compute(), Result))[1] == "hit"
+    assert (await cache.get_or_compute(b, "pat-m:abc", compute(), Result))[1] == "miss"
     assert cache.state == "embedded"
     assert await cache.invalidate("pat-m:abc") == 2
     await cache.close()
@@ -344,13 +351,13 @@ async def test_embedded_lru_expires_and_stores_sealed_values() -> None:
         store=store, secrets=secrets_from_settings(settings, shared_cache=False), namespace="pat", ttl_s=5
     )
     key = key_for(cache, b"week")
-    await cache.get_or_compute(key, "pat-m:abc", CountingCompute()())
+    await cache.get_or_compute(key, "pat-m:abc", CountingCompute()(), Result)
     sealed = await store.get(key)
     assert sealed is not None and sealed.startswith(b"v1|ephemeral|") and b"417.5" not in sealed
     now[0] += 4.9
-    assert (await cache.get_or_compute(key, "pat-m:abc", CountingCompute()()))[1] == "hit"
+    assert (await cache.get_or_compute(key, "pat-m:abc", CountingCompute()(), Result))[1] == "hit"
     now[0] += 0.2
-    assert (await cache.get_or_compute(key, "pat-m:abc", CountingCompute()()))[1] == "miss"
+    assert (await cache.get_or_compute(key, "pat-m:abc", CountingCompute()(), Result))[1] == "miss"
 
 
 async def test_invalidation_of_an_unreachable_redis_is_a_503() -> None:
@@ -359,5 +366,7 @@ async def test_invalidation_of_an_unreachable_redis_is_a_503() -> None:
         await cache.invalidate(None)
     assert raised.value.status == 503 and raised.value.code == "cache_unavailable"
     # while analyses degrade instead of failing
-    assert (await cache.get_or_compute(key_for(cache, b"w"), "pat-m:abc", CountingCompute()()))[1] == "bypass"
+    assert (await cache.get_or_compute(key_for(cache, b"w"), "pat-m:abc", CountingCompute()(), Result))[
+        1
+    ] == "bypass"
     await cache.close()

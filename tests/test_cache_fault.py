@@ -15,12 +15,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
+from pydantic import BaseModel
 
-from pat_runner.cache.cache import ResultCache
+from pat_runner.cache.cache import CacheKey, ResultCache
 from pat_runner.settings import Settings
 from tests.redis_server import RedisServer
 
@@ -52,6 +52,10 @@ def fault_settings(url: str) -> Settings:
     )
 
 
+class Computed(BaseModel):
+    metrics: dict[str, float]
+
+
 @dataclass
 class Traffic:
     """Concurrent clients replaying a small set of recordings; records every call's outcome and latency."""
@@ -64,22 +68,20 @@ class Traffic:
     computes: int = 0
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def _compute(self) -> dict[str, Any]:
+    async def _compute(self) -> Computed:
         self.computes += 1
         await asyncio.sleep(COMPUTE_S)
-        return {"metrics": {"total_sleep_minutes": 400.0}}
+        return Computed(metrics={"total_sleep_minutes": 400.0})
 
     async def _client(self, client_id: int) -> None:
         n = 0
         while not self._stop.is_set():
             recording = f"recording-{(client_id * 7 + n) % 16}".encode()
             n += 1
-            key = self.cache.make_key(
-                canonical_input=recording, model_tag=MODEL_TAG, pipeline_version="1", outputs=["metrics"]
-            )
+            key = self.cache.make_key(CacheKey(recording, MODEL_TAG, "1", frozenset(["metrics"])))
             phase, started = self.phase, time.perf_counter()
             try:
-                _, outcome = await self.cache.get_or_compute(key, MODEL_TAG, self._compute)
+                _, outcome = await self.cache.get_or_compute(key, MODEL_TAG, self._compute, Computed)
             except Exception as exc:  # the property under test: nothing may escape
                 self.failures.append(exc)
                 continue
@@ -181,15 +183,15 @@ async def test_password_protected_redis(tmp_path: Path) -> None:
         assert redis.Redis.from_url(server.url, password=password).ping()
         settings = fault_settings(server.url).replace(redis_password=password)
         cache = ResultCache.from_settings(settings)
-        key = cache.make_key(canonical_input=b"w", model_tag=MODEL_TAG, pipeline_version="1", outputs=["pat"])
+        key = cache.make_key(CacheKey(b"w", MODEL_TAG, "1", frozenset(["pat"])))
         traffic = Traffic(cache)
-        assert (await cache.get_or_compute(key, MODEL_TAG, traffic._compute))[1] == "miss"
-        assert (await cache.get_or_compute(key, MODEL_TAG, traffic._compute))[1] == "hit"
+        assert (await cache.get_or_compute(key, MODEL_TAG, traffic._compute, Computed))[1] == "miss"
+        assert (await cache.get_or_compute(key, MODEL_TAG, traffic._compute, Computed))[1] == "hit"
         await cache.close()
 
         # a wrong password is an unavailable cache, not a failed analysis
         unauthorised = ResultCache.from_settings(settings.replace(redis_password="wrong"))
-        assert (await unauthorised.get_or_compute(key, MODEL_TAG, traffic._compute))[1] == "bypass"
+        assert (await unauthorised.get_or_compute(key, MODEL_TAG, traffic._compute, Computed))[1] == "bypass"
         await unauthorised.close()
     finally:
         server.stop()

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from pat_runner.actigraphy.fhir import CODE_SYSTEM, DEMO_TAG, OWN_CODES, DeviceInfo, build_bundle
+from pat_runner.actigraphy.fhir import CODE_SYSTEM, DEMO_TAG, OWN_CODES, build_bundle
 from pat_runner.actigraphy.metrics import ActigraphyMetrics, actigraphy_metrics
+from pat_runner.serving.schemas import DeviceInfo
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -133,7 +134,7 @@ def test_probability_outside_unit_interval_is_rejected(series: pd.Series, metric
 
 def test_device_is_referenced_by_observations(series: pd.Series, metrics: ActigraphyMetrics) -> None:
     device = DeviceInfo(manufacturer="ActiGraph", model="GT3X+", serial="TAS1D47140221")
-    bundle = bundle_for(metrics, series, device=device)
+    bundle = bundle_for(metrics, series, device=device.model_dump())
     Bundle.model_validate(bundle)
     (resource,) = resources(bundle, "Device")
     assert resource["serialNumber"] == "TAS1D47140221"

@@ -19,9 +19,9 @@ from pat_runner.errors import ModelUnavailable
 from pat_runner.model.store import ModelInfo, StoredPAT, demo_pat
 from pat_runner.serving.audit import AuditMiddleware
 from pat_runner.serving.auth import FirebaseAuthMiddleware
-from pat_runner.serving.pipeline import Analyzer, ServedModel
+from pat_runner.serving.pipeline import Analyzer, to_raw
 from pat_runner.serving.runner import run_model
-from pat_runner.serving.schemas import AnalyzeOptions, ModelSummary, Recording
+from pat_runner.serving.schemas import AnalyzeOptions, Recording
 from pat_runner.settings import Settings
 from tests.payloads import recording
 
@@ -66,24 +66,25 @@ def make_analyzer(stored: StoredPAT, *, fail: bool = False) -> tuple[Analyzer, l
         batches.append(len(windows))
         return run_model(stored, windows, "cpu")
 
-    served = ServedModel(
-        summary=ModelSummary(tag=stored.tag, size="S", demo=True), info=stored.info.to_dict(), scaler=None
-    )
     return Analyzer(
-        model=served, infer=infer, cache=ResultCache.from_settings(SETTINGS), settings=SETTINGS
+        model=stored.info,
+        scaler=None,
+        infer=infer,
+        cache=ResultCache.from_settings(SETTINGS),
+        settings=SETTINGS,
     ), batches
 
 
 async def test_analysis_then_cache_hit(stored: StoredPAT) -> None:
     analyzer, batches = make_analyzer(stored)
     rec = as_recording(recording(1, minutes=3 * 10_080))
-    audit: dict = {}
-    first = await analyzer.analyze(rec, AnalyzeOptions(), request_id="r1", audit=audit)
+    analysis = await analyzer.analyze(to_raw(rec), AnalyzeOptions(), request_id="r1")
+    first, audit = analysis.response, analysis.facts
     assert first.cache == "miss" and batches == [3]
     assert [w.index for w in first.pat.windows] == [0, 1, 2]
     assert first.fhir["resourceType"] == "Bundle"
-    assert audit["cache"] == "miss" and len(audit["input_sha256"]) == 64
-    second = await analyzer.analyze(rec, AnalyzeOptions(), request_id="r2", audit={})
+    assert audit.cache == "miss" and len(audit.input_sha256) == 64
+    second = (await analyzer.analyze(to_raw(rec), AnalyzeOptions(), request_id="r2")).response
     assert second.cache == "hit" and batches == [3]
     assert second.pat == first.pat and second.metrics == first.metrics
     embedding = run_model(stored, analyzer_windows(analyzer, rec), "cpu")["patches"][0].mean(axis=0)
@@ -92,7 +93,6 @@ async def test_analysis_then_cache_hit(stored: StoredPAT) -> None:
 
 def analyzer_windows(analyzer: Analyzer, rec: Recording) -> np.ndarray:
     from pat_runner.actigraphy.preprocess import preprocess
-    from pat_runner.serving.pipeline import to_raw
 
     return preprocess(to_raw(rec), settings=analyzer.settings).windows
 
@@ -101,16 +101,18 @@ async def test_model_failure_is_503_but_metrics_still_work(stored: StoredPAT) ->
     analyzer, _ = make_analyzer(stored, fail=True)
     rec = as_recording(recording(2))
     with pytest.raises(ModelUnavailable):
-        await analyzer.analyze(rec, AnalyzeOptions(outputs=["pat"]), request_id="r", audit={})
-    metrics_only = await analyzer.analyze(
-        rec, AnalyzeOptions(outputs=["metrics", "fhir"]), request_id="r", audit={}
-    )
+        await analyzer.analyze(to_raw(rec), AnalyzeOptions(outputs=["pat"]), request_id="r")
+    metrics_only = (
+        await analyzer.analyze(to_raw(rec), AnalyzeOptions(outputs=["metrics", "fhir"]), request_id="r")
+    ).response
     assert metrics_only.metrics.interdaily_stability is not None and metrics_only.pat is None
 
 
 async def test_embed_per_patch(stored: StoredPAT) -> None:
     analyzer, _ = make_analyzer(stored)
-    result = await analyzer.embed(as_recording(recording(3)), per_patch=True, request_id="r", audit={})
+    result = (
+        await analyzer.embed(to_raw(as_recording(recording(3))), per_patch=True, request_id="r")
+    ).response
     patches = np.array(result.pat.windows[0].patches)
     assert patches.shape == (560, 96)
     np.testing.assert_allclose(patches.mean(axis=0), result.pat.windows[0].embedding, atol=1e-6)
@@ -137,13 +139,10 @@ async def test_span_tree_of_one_request(
     async def analyze(request: Request) -> JSONResponse:
         body = await request.json()
         state = request.scope["state"]
-        result = await analyzer.analyze(
-            as_recording(body["recording"]),
-            AnalyzeOptions(),
-            request_id=state["request_id"],
-            audit=state["audit"],
+        analysis = await analyzer.analyze(
+            to_raw(as_recording(body["recording"])), AnalyzeOptions(), request_id=state["request_id"]
         )
-        return JSONResponse(result.model_dump(mode="json"))
+        return JSONResponse(analysis.response.model_dump(mode="json"))
 
     app = AuditMiddleware(
         FirebaseAuthMiddleware(
@@ -177,3 +176,28 @@ async def test_span_tree_of_one_request(
     for span in finished:
         for value in (span.attributes or {}).values():
             assert tokens["clinician"] not in str(value) and "Patient/" not in str(value)
+
+
+async def test_requests_needing_the_same_computation_share_one_cache_entry(stored: StoredPAT) -> None:
+    analyzer, batches = make_analyzer(stored)
+    raw = to_raw(as_recording(recording(5)))
+    fhir_only = await analyzer.analyze(raw, AnalyzeOptions(outputs=["fhir"]), request_id="a")
+    with_metrics = await analyzer.analyze(raw, AnalyzeOptions(outputs=["metrics", "fhir"]), request_id="b")
+    assert fhir_only.facts.cache == "miss" and with_metrics.facts.cache == "hit"
+    assert fhir_only.response.metrics is None and with_metrics.response.metrics is not None
+    # An encoder-only model adds nothing to FHIR, so neither request ran PAT.
+    assert batches == []
+    other_algorithm = AnalyzeOptions(outputs=["metrics"], sleep_algorithm="sadeh")
+    assert (await analyzer.analyze(raw, other_algorithm, request_id="c")).facts.cache == "miss"
+    with_pat = await analyzer.analyze(raw, AnalyzeOptions(outputs=["metrics", "pat"]), request_id="d")
+    assert with_pat.facts.cache == "miss" and batches == [1]
+
+
+async def test_audit_facts_come_back_with_the_result(stored: StoredPAT) -> None:
+    analyzer, _ = make_analyzer(stored)
+    raw = to_raw(as_recording(recording(6)))
+    analysis = await analyzer.analyze(raw, AnalyzeOptions(outputs=["metrics"]), request_id="r")
+    embedding = await analyzer.embed(raw, per_patch=False, request_id="r")
+    assert analysis.facts.input_sha256 == embedding.facts.input_sha256
+    assert analysis.facts.minutes == analysis.response.quality.total_minutes
+    assert analysis.facts.model_tag == stored.tag and embedding.facts.cache is None

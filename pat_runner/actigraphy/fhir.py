@@ -17,13 +17,15 @@ LOINC codes could not be verified (wake after sleep onset, number of awakenings)
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from pat_runner.actigraphy.metrics import ActigraphyMetrics, DayActivity, NightSleep
+from pat_runner.model.info import ModelInfo
 
 CODE_SYSTEM = "https://pat-service.example/fhir/CodeSystem/actigraphy"
 REQUEST_ID_SYSTEM = "https://pat-service.example/fhir/NamingSystem/request-id"
@@ -105,29 +107,6 @@ SLEEP_METHOD_TEXT = {
     "sadeh": "Sadeh 1994 sleep/wake scoring (ActiLife 6 variant)" + _SLEEP_PERIOD_TEXT,
     "cole_kripke": "Cole–Kripke 1992 sleep/wake scoring (ActiLife 6 variant)" + _SLEEP_PERIOD_TEXT,
 }
-
-
-class DeviceInfo(BaseModel):
-    """The wearable that recorded the data (FHIR `Device`)."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "example": {"manufacturer": "ActiGraph", "model": "GT3X+", "serial": "TAS1D47140221"}
-        },
-    )
-
-    manufacturer: str | None = Field(None, description="Device manufacturer.", max_length=128)
-    model: str | None = Field(None, description="Device model name.", max_length=128)
-    serial: str | None = Field(None, description="Device serial number.", max_length=128)
-
-
-class ModelLike(Protocol):
-    """What the Bundle needs to know about the PAT that produced the outputs (`schemas.ModelSummary`)."""
-
-    tag: str
-    size: str
-    demo: bool
 
 
 def _utc(moment: datetime) -> str:
@@ -235,14 +214,14 @@ def _day_observations(writer: _BundleWriter, day: DayActivity) -> None:
         writer.add(f"day/{day.date.isoformat()}/{metric}", resource)
 
 
-def _device_resource(device: DeviceInfo, subject: str | None) -> dict[str, Any]:
+def _device_resource(device: Mapping[str, str | None], subject: str | None) -> dict[str, Any]:
     resource: dict[str, Any] = {"resourceType": "Device"}
-    if device.manufacturer:
-        resource["manufacturer"] = device.manufacturer
-    if device.model:
-        resource["deviceName"] = [{"name": device.model, "type": "model-name"}]
-    if device.serial:
-        resource["serialNumber"] = device.serial
+    if device.get("manufacturer"):
+        resource["manufacturer"] = device["manufacturer"]
+    if device.get("model"):
+        resource["deviceName"] = [{"name": device["model"], "type": "model-name"}]
+    if device.get("serial"):
+        resource["serialNumber"] = device["serial"]
     if subject is not None and subject.startswith("Patient/"):
         resource["patient"] = {"reference": subject}
     return resource
@@ -251,7 +230,7 @@ def _device_resource(device: DeviceInfo, subject: str | None) -> dict[str, Any]:
 def _risk_assessment(
     *,
     subject: str,
-    model: ModelLike,
+    model: ModelInfo,
     head_task: str,
     probability: float,
     period: dict[str, str],
@@ -280,10 +259,10 @@ def build_bundle(
     period_start: datetime,
     period_end: datetime,
     subject: str | None,
-    model: ModelLike,
+    model: ModelInfo,
     probability: float | None = None,
     head_task: str | None = None,
-    device: DeviceInfo | None = None,
+    device: Mapping[str, str | None] | None = None,
     request_id: str | None = None,
 ) -> dict[str, Any]:
     """FHIR R4 `Bundle` (collection) JSON of one analysis, validated with `fhir.resources.R4B`.
@@ -296,7 +275,7 @@ def build_bundle(
     if probability is not None and not 0.0 <= probability <= 1.0:
         raise ValueError(f"probability must be within 0–1, got {probability}")
     writer = _BundleWriter(subject=subject, request_id=request_id, device_url=None)
-    if device is not None and (device.manufacturer or device.model or device.serial):
+    if device is not None and any(device.get(k) for k in ("manufacturer", "model", "serial")):
         writer.device_url = writer.add("device", _device_resource(device, subject))
     recording_period = _period(period_start, period_end)
     _recording_observations(writer, metrics, recording_period)

@@ -1,9 +1,11 @@
 """Encrypted cache of analysis results: Redis when `PAT_REDIS_URL` is set, an in-process LRU otherwise.
 
 Keys are `{namespace}:{tag_hash}:{entry_hash}`: both hashes are HMAC-SHA256 (`pat_runner.cache.crypto`), the
-entry hash over the canonical preprocessed input, model tag, pipeline version and requested outputs, so
-a new model or pipeline misses automatically and invalidating one model tag is a prefix scan. Values are
-JSON sealed with AES-GCM at one place (`ResultCache._seal` / `_open`) for both stores.
+entry hash over one frozen `CacheKey` (canonical preprocessed input, model tag, pipeline version and the
+options that change the result), so a new model or pipeline misses automatically and invalidating one
+model tag is a prefix scan. Values are one pydantic model of the computed result, as JSON
+(`model_dump_json` / `model_validate_json`) sealed with AES-GCM at one place (`ResultCache._seal` /
+`_open`) for both stores.
 
 The cache never fails an analysis: Redis calls have a short timeout, and a circuit breaker (Nygard,
 "Release It!", 2nd ed., ch. 5) stops calling a failing Redis for `PAT_REDIS_RETRY_AFTER_S` seconds, then
@@ -15,15 +17,16 @@ each process computes at most once and the shared Redis catches the rest.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 import redis.asyncio as redis_asyncio
+from pydantic import BaseModel, ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -39,11 +42,25 @@ Outcome = Literal["hit", "miss", "bypass"]
 CacheState = Literal["embedded", "redis", "redis_degraded", "redis_probing"]
 BreakerState = Literal["closed", "open", "half_open"]
 T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)
 
 FAILURES_TO_OPEN = 3  # consecutive Redis failures before the breaker opens
 SCAN_BATCH = 500
 TAG_HASH_CHARS = 32  # 128 bits: enough to keep model tags apart, short enough for cheap prefix scans
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything that decides a cached result; two requests with equal keys share one entry.
+
+    `options` names the result-changing choices (what is computed, which algorithm), order-free.
+    """
+
+    canonical_input: bytes
+    model_tag: str
+    pipeline_version: str
+    options: frozenset[str] = frozenset()
 
 
 class CacheUnavailable(ServiceError):
@@ -262,7 +279,7 @@ class ResultCache:
         self._hasher = secrets.hasher
         self._namespace = namespace
         self._ttl_s = ttl_s
-        self._inflight: dict[str, asyncio.Task[tuple[dict[str, Any], Outcome]]] = {}
+        self._inflight: dict[str, asyncio.Task[tuple[BaseModel, Outcome]]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResultCache:
@@ -303,28 +320,26 @@ class ResultCache:
             f"{self._namespace}:{self._hasher.hexdigest(b'model-tag', model_tag.encode())[:TAG_HASH_CHARS]}:"
         )
 
-    def make_key(
-        self, *, canonical_input: bytes, model_tag: str, pipeline_version: str, outputs: Sequence[str]
-    ) -> str:
-        """The cache key of one analysis; HMACs only, so it reveals nothing about the input."""
+    def make_key(self, key: CacheKey) -> str:
+        """The store key of one computation; HMACs only, so it reveals nothing about the input."""
         entry = self._hasher.hexdigest(
             b"entry",
-            canonical_input,
-            model_tag.encode(),
-            pipeline_version.encode(),
-            ",".join(sorted(set(outputs))).encode(),
+            key.canonical_input,
+            key.model_tag.encode(),
+            key.pipeline_version.encode(),
+            ",".join(sorted(key.options)).encode(),
         )
-        return self._tag_prefix(model_tag) + entry
+        return self._tag_prefix(key.model_tag) + entry
 
-    def _seal(self, key: str, result: dict[str, Any]) -> bytes:
-        return self._cipher.encrypt(json.dumps(result, separators=(",", ":")).encode(), cache_key=key)
+    def _seal(self, key: str, result: BaseModel) -> bytes:
+        return self._cipher.encrypt(result.model_dump_json().encode(), cache_key=key)
 
-    def _open(self, key: str, blob: bytes) -> dict[str, Any]:
-        return json.loads(self._cipher.decrypt(blob, cache_key=key))
+    def _open(self, key: str, blob: bytes, result_type: type[R]) -> R:
+        return result_type.model_validate_json(self._cipher.decrypt(blob, cache_key=key))
 
     async def get_or_compute(
-        self, key: str, model_tag: str, compute: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> tuple[dict[str, Any], Outcome]:
+        self, key: str, model_tag: str, compute: Callable[[], Awaitable[R]], result_type: type[R]
+    ) -> tuple[R, Outcome]:
         """The cached result for `key`, or `compute()`'s, stored for next time.
 
         Outcome: "hit" (served without computing — from the store, or from an identical request already
@@ -338,7 +353,7 @@ class ResultCache:
             result, outcome = await asyncio.shield(leader)
             outcome = "bypass" if outcome == "bypass" else "hit"
         else:
-            task = asyncio.ensure_future(self._load(key, compute))
+            task = asyncio.ensure_future(self._load(key, compute, result_type))
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
             # Shielded: a caller that gives up (client disconnect) must not cancel the others' result.
@@ -347,7 +362,7 @@ class ResultCache:
         telemetry.set_span_attributes(cache_outcome=outcome)
         return result, outcome
 
-    def _forget(self, key: str, done: asyncio.Task[tuple[dict[str, Any], Outcome]]) -> None:
+    def _forget(self, key: str, done: asyncio.Task[tuple[BaseModel, Outcome]]) -> None:
         self._inflight.pop(key, None)
         # Mark a failure as retrieved: when every waiter was cancelled nobody else reads it, and asyncio
         # would log "exception was never retrieved".
@@ -355,8 +370,8 @@ class ResultCache:
             done.exception()
 
     async def _load(
-        self, key: str, compute: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> tuple[dict[str, Any], Outcome]:
+        self, key: str, compute: Callable[[], Awaitable[R]], result_type: type[R]
+    ) -> tuple[R, Outcome]:
         store_available = True
         try:
             blob = await self._store.get(key)
@@ -364,8 +379,8 @@ class ResultCache:
             blob, store_available = None, False
         if blob is not None:
             try:
-                return self._open(key, blob), "hit"
-            except (UndecryptableValue, ValueError) as exc:
+                return self._open(key, blob, result_type), "hit"
+            except (UndecryptableValue, ValidationError, ValueError) as exc:
                 # Retired key or foreign value: recompute and overwrite rather than fail the request.
                 telemetry.record_cache_error("decrypt")
                 logger.warning("cached value unreadable (%s); recomputing", exc)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 from bentoml.exceptions import NotFound
 
 from pat_runner.model import WEEK_MINUTES
+from pat_runner.model.info import ModelInfo
 from pat_runner.model.keras_h5 import (
     ConvertedWeights,
     WeightsError,
@@ -57,51 +58,6 @@ class ModelNotFound(LookupError):
 
 class ScalerFileError(WeightsError):
     """A cohort scaler file is missing, unreadable or inconsistent with PAT's input length."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the service reports about a stored PAT (`GET /v1/models`, logs, FHIR provenance)."""
-
-    tag: str
-    name: str
-    size: str
-    layout: str
-    demo: bool
-    head_task: str | None
-    patch_size: int
-    num_layers: int
-    num_heads: int
-    parameters: int
-    source_file: str | None
-    source_sha256: str | None
-    dataset: str | None
-    converter_version: str
-    has_scaler: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_bento_model(cls, model: bentoml.Model) -> ModelInfo:
-        meta = model.info.metadata
-        return cls(
-            tag=str(model.tag),
-            name=model.tag.name,
-            size=str(meta["size"]),
-            layout=str(meta["layout"]),
-            demo=bool(meta["demo"]),
-            head_task=meta.get("head_task"),
-            patch_size=int(meta["patch_size"]),
-            num_layers=int(meta["num_layers"]),
-            num_heads=int(meta["num_heads"]),
-            parameters=int(meta["parameters"]),
-            source_file=meta.get("source_file"),
-            source_sha256=meta.get("source_sha256"),
-            dataset=meta.get("dataset"),
-            converter_version=str(meta["converter_version"]),
-            has_scaler=bool(meta["has_scaler"]),
-        )
 
 
 @dataclass
@@ -318,7 +274,8 @@ def resolve_model(model: str | bentoml.Model | bentoml.models.BentoModel) -> ben
 
 def read_model_info(model: str | bentoml.Model | bentoml.models.BentoModel) -> ModelInfo:
     """Metadata of a stored PAT without loading its weights."""
-    return ModelInfo.from_bento_model(resolve_model(model))
+    stored = resolve_model(model)
+    return ModelInfo.from_metadata(str(stored.tag), stored.info.metadata)
 
 
 def read_stored_scaler(
@@ -336,7 +293,7 @@ def load_stored_pat(
 ) -> StoredPAT:
     """Load a stored PAT (eval mode, on `device`) with its metadata and scaler."""
     stored = resolve_model(model)
-    info = ModelInfo.from_bento_model(stored)
+    info = ModelInfo.from_metadata(str(stored.tag), stored.info.metadata)
     weights_path = Path(stored.path_of(WEIGHTS_FILE))
     if not weights_path.is_file():
         raise WeightsFileNotFound(weights_path, f"stored model {stored.tag} has no weights file")

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pat_runner import telemetry
-from pat_runner.serving.auth import endpoint_label
+from pat_runner.serving.routes import endpoint_label
 
 audit_logger = logging.getLogger("pat.audit")
 
@@ -40,6 +40,7 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 HANDLER_FIELDS = frozenset(
     {
         "input_sha256",
+        "inputs_sha256",
         "n_recordings",
         "minutes",
         "n_windows",
@@ -51,13 +52,22 @@ HANDLER_FIELDS = frozenset(
     }
 )
 MAX_FIELD_CHARS = 128
+# A batch's per-recording hashes; the batch size is bounded by PAT_MAX_BATCH_RECORDINGS anyway.
+MAX_LIST_ITEMS = 256
 JsonScalar = str | int | float | bool | None
+AuditValue = JsonScalar | list[JsonScalar]
 
 
 def _scalar(value: Any) -> JsonScalar:
     if value is None or isinstance(value, bool | int | float):
         return value
     return str(value)[:MAX_FIELD_CHARS]
+
+
+def _field(value: Any) -> AuditValue:
+    if isinstance(value, list | tuple):
+        return [_scalar(item) for item in value[:MAX_LIST_ITEMS]]
+    return _scalar(value)
 
 
 def _request_id(scope: Scope) -> str:
@@ -130,12 +140,12 @@ class AuditMiddleware:
 
 def audit_record(
     scope: Scope, *, status: int, latency_ms: float, request_bytes: int, response_bytes: int
-) -> dict[str, JsonScalar]:
+) -> dict[str, AuditValue]:
     """The audit fields of a finished request; see the module docstring for what is left out."""
     state = scope.get("state", {})
     caller = state.get("caller")
     method = str(scope.get("method", ""))
-    record: dict[str, JsonScalar] = {
+    record: dict[str, AuditValue] = {
         "request_id": state.get("request_id"),
         "caller_uid": getattr(caller, "uid", None),
         "role": getattr(caller, "role", None),
@@ -150,7 +160,7 @@ def audit_record(
     handler_fields = state.get("audit")
     if isinstance(handler_fields, dict):
         record.update(
-            {name: _scalar(value) for name, value in handler_fields.items() if name in HANDLER_FIELDS}
+            {name: _field(value) for name, value in handler_fields.items() if name in HANDLER_FIELDS}
         )
     return record
 

@@ -19,7 +19,6 @@ Failure modes the SDK leaves open and this module closes:
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -39,14 +38,14 @@ from firebase_admin import exceptions as firebase_exceptions
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pat_runner import telemetry
+from pat_runner.errors import AuthUnavailable, Forbidden, ServiceError, Unauthenticated
+from pat_runner.serving.http import error_response, request_id_of
+from pat_runner.serving.routes import ROLES, required_roles
 from pat_runner.settings import Settings
 
 logger = logging.getLogger("pat.auth")
 
 ROLE_CLAIM = "pat_role"
-ROLES = frozenset({"clinician", "service", "admin"})
-ADMIN_ONLY = frozenset({"admin"})
-MONITORING = frozenset({"admin", "service"})
 EMULATOR_HOST_ENV = "FIREBASE_AUTH_EMULATOR_HOST"
 # Hosts synchronised by NTP differ by well under a second; 5 s tolerates a slow container clock
 # without materially extending a token's one-hour life. Same bound for the SDK and our own checks.
@@ -67,81 +66,8 @@ class Caller:
     auth_mode: Literal["firebase", "disabled"]
 
 
-@dataclass(frozen=True)
-class Rule:
-    """Who may call a path: always anyone (`open`), or the `roles`, unless `protected_by` names a
-    boolean setting that is currently false (then anyone)."""
-
-    roles: frozenset[str] = ROLES
-    open: bool = False
-    protected_by: str | None = None
-
-
-ENDPOINT_POLICY: dict[str, Rule] = {
-    "/livez": Rule(open=True),
-    "/readyz": Rule(open=True),
-    "/healthz": Rule(open=True),
-    "/v1/analyze": Rule(ROLES),
-    "/v1/analyze/batch": Rule(ROLES),
-    "/v1/embed": Rule(ROLES),
-    "/v1/analyze/file": Rule(ROLES),
-    "/v1/models": Rule(ROLES),
-    "/v1/cache/invalidate": Rule(ADMIN_ONLY),
-    "/metrics": Rule(MONITORING, protected_by="protect_metrics"),
-    "/": Rule(ROLES, protected_by="protect_docs"),
-    "/docs.json": Rule(ROLES, protected_by="protect_docs"),
-}
-# The Swagger UI's scripts and styles, served by BentoML under this prefix.
-DOCS_ASSETS_PREFIX = "/static_content/"
-DOCS_ASSETS_RULE = Rule(ROLES, protected_by="protect_docs")
-# Deny by default: a path not in the table needs a valid token with a role (the app then 404s it).
-DEFAULT_RULE = Rule(ROLES)
-
-
-def endpoint_label(path: str) -> str:
-    """The policy entry a path falls under: the table key, the docs-assets prefix, or `other`. Used
-    wherever a path is recorded, so an arbitrary client-chosen path never reaches a log."""
-    normalized = path.rstrip("/") or "/"
-    if normalized in ENDPOINT_POLICY:
-        return normalized
-    if path.startswith(DOCS_ASSETS_PREFIX):
-        return DOCS_ASSETS_PREFIX + "*"
-    return "other"
-
-
-def rule_for(path: str) -> Rule:
-    label = endpoint_label(path)
-    if label in ENDPOINT_POLICY:
-        return ENDPOINT_POLICY[label]
-    if label == DOCS_ASSETS_PREFIX + "*":
-        return DOCS_ASSETS_RULE
-    return DEFAULT_RULE
-
-
-def required_roles(path: str, settings: Settings) -> frozenset[str] | None:
-    """The roles allowed on `path`, or None when the path is open without a token."""
-    rule = rule_for(path)
-    if rule.open or (rule.protected_by is not None and not getattr(settings, rule.protected_by)):
-        return None
-    return rule.roles
-
-
 class AuthConfigError(RuntimeError):
     """The authentication settings are unsafe or incomplete; the service must not start."""
-
-
-class AuthenticationFailed(Exception):
-    """401: no usable credentials. `reason` is a fixed label for the audit record; neither it nor
-    `message` ever contains token content."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-class AuthUnavailable(Exception):
-    """503: Firebase could not be reached to verify the token (certificates, revocation lookup)."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -217,16 +143,12 @@ def _credential(settings: Settings, environ: Mapping[str, str]) -> firebase_cred
 def bearer_token(authorization: str | None) -> str:
     """The token of an `Authorization: Bearer <token>` header value (RFC 6750 §2.1)."""
     if authorization is None or not authorization.strip():
-        raise AuthenticationFailed(
-            "missing", "an `Authorization: Bearer <Firebase ID token>` header is required"
-        )
+        raise Unauthenticated("missing", "an `Authorization: Bearer <Firebase ID token>` header is required")
     if len(authorization) > MAX_TOKEN_CHARS + 16:
-        raise AuthenticationFailed("malformed", "the Authorization header is too long to hold an ID token")
+        raise Unauthenticated("malformed", "the Authorization header is too long to hold an ID token")
     match = BEARER_PATTERN.fullmatch(authorization.strip())
     if match is None:
-        raise AuthenticationFailed(
-            "malformed", "the Authorization header must be `Bearer <Firebase ID token>`"
-        )
+        raise Unauthenticated("malformed", "the Authorization header must be `Bearer <Firebase ID token>`")
     return match.group(1)
 
 
@@ -251,17 +173,17 @@ class FirebaseTokenVerifier:
                 token, app=self.app, check_revoked=self.check_revoked, clock_skew_seconds=CLOCK_SKEW_S
             )
         except firebase_auth.ExpiredIdTokenError as exc:
-            raise AuthenticationFailed("expired", "the ID token has expired") from exc
+            raise Unauthenticated("expired", "the ID token has expired") from exc
         except firebase_auth.RevokedIdTokenError as exc:
-            raise AuthenticationFailed("revoked", "the ID token has been revoked") from exc
+            raise Unauthenticated("revoked", "the ID token has been revoked") from exc
         except firebase_auth.UserDisabledError as exc:
-            raise AuthenticationFailed("disabled", "the user account is disabled") from exc
+            raise Unauthenticated("disabled", "the user account is disabled") from exc
         except firebase_auth.UserNotFoundError as exc:
-            raise AuthenticationFailed("unknown_user", "the token's user does not exist") from exc
+            raise Unauthenticated("unknown_user", "the token's user does not exist") from exc
         except firebase_auth.CertificateFetchError as exc:
             raise AuthUnavailable("could not fetch the Firebase token certificates") from exc
         except (firebase_exceptions.InvalidArgumentError, ValueError) as exc:
-            raise AuthenticationFailed(
+            raise Unauthenticated(
                 "invalid", f"the token is not a valid Firebase ID token for project {self.project_id}"
             ) from exc
         except firebase_exceptions.FirebaseError as exc:
@@ -275,18 +197,18 @@ class FirebaseTokenVerifier:
         now = time.time()
         expires, issued, authenticated = claims.get("exp"), claims.get("iat"), claims.get("auth_time")
         if not isinstance(expires, int | float) or not isinstance(issued, int | float):
-            raise AuthenticationFailed("invalid", "the ID token lacks `exp` or `iat`")
+            raise Unauthenticated("invalid", "the ID token lacks `exp` or `iat`")
         if expires <= now - CLOCK_SKEW_S:
-            raise AuthenticationFailed("expired", "the ID token has expired")
+            raise Unauthenticated("expired", "the ID token has expired")
         if issued > now + CLOCK_SKEW_S or expires <= issued:
-            raise AuthenticationFailed("invalid", "the ID token's issue time is not valid")
+            raise Unauthenticated("invalid", "the ID token's issue time is not valid")
         if authenticated is not None and (
             not isinstance(authenticated, int | float) or authenticated > now + CLOCK_SKEW_S
         ):
-            raise AuthenticationFailed("invalid", "the ID token's authentication time is not valid")
+            raise Unauthenticated("invalid", "the ID token's authentication time is not valid")
         uid = claims.get("uid") or claims.get("sub")
         if not isinstance(uid, str) or not uid:
-            raise AuthenticationFailed("invalid", "the ID token has no subject")
+            raise Unauthenticated("invalid", "the ID token has no subject")
         role = claims.get(ROLE_CLAIM)
         return Caller(
             uid=uid, role=role if isinstance(role, str) and role in ROLES else None, auth_mode="firebase"
@@ -307,7 +229,7 @@ def _authorization_header(scope: Scope) -> str | None:
     if not values:
         return None
     if len(values) > 1:
-        raise AuthenticationFailed("malformed", "send exactly one Authorization header")
+        raise Unauthenticated("malformed", "send exactly one Authorization header")
     return values[0].decode("latin-1")
 
 
@@ -337,27 +259,21 @@ class FirebaseAuthMiddleware:
         state = scope.setdefault("state", {})
         try:
             caller = await self._authenticate(scope)
-        except AuthenticationFailed as exc:
+            state["caller"] = caller
+            if caller.role not in roles:
+                raise Forbidden(f"this endpoint needs one of the roles: {', '.join(sorted(roles))}")
+        except Unauthenticated as exc:
             _note_audit(state, "auth_failure", exc.reason)
-            await _reject(
-                scope, send, 401, "unauthenticated", exc.message, invalid_token=exc.reason != "missing"
-            )
+            await _reject(scope, receive, send, exc)
             return
         except AuthUnavailable as exc:
             logger.warning("token verification unavailable: %s (%s)", exc, type(exc.__cause__).__name__)
             _note_audit(state, "auth_failure", "unavailable")
-            await _reject(scope, send, 503, "auth_unavailable", "authentication is temporarily unavailable")
+            await _reject(scope, receive, send, AuthUnavailable("authentication is temporarily unavailable"))
             return
-        state["caller"] = caller
-        if caller.role not in roles:
+        except Forbidden as exc:
             _note_audit(state, "auth_failure", "forbidden")
-            await _reject(
-                scope,
-                send,
-                403,
-                "forbidden",
-                f"this endpoint needs one of the roles: {', '.join(sorted(roles))}",
-            )
+            await _reject(scope, receive, send, exc)
             return
         await self.app(scope, receive, send)
 
@@ -367,7 +283,7 @@ class FirebaseAuthMiddleware:
             # actual connection to loopback too (a `--host 0.0.0.0` on the command line overrides it).
             client = scope.get("client")
             if not client or not _is_loopback(str(client[0])):
-                raise AuthenticationFailed(
+                raise Unauthenticated(
                     "not_loopback", "authentication is disabled; only loopback callers are served"
                 )
             return Caller(uid=DEV_CALLER_UID, role="admin", auth_mode="disabled")
@@ -380,21 +296,9 @@ def _note_audit(state: MutableMapping[str, Any], name: str, value: str) -> None:
         audit[name] = value
 
 
-async def _reject(
-    scope: Scope, send: Send, status: int, code: str, message: str, *, invalid_token: bool = False
-) -> None:
+async def _reject(scope: Scope, receive: Receive, send: Send, exc: ServiceError) -> None:
     if scope["type"] == "websocket":
         # RFC 6455 §7.4.1: 1008 = policy violation.
         await send({"type": "websocket.close", "code": 1008})
         return
-    request_id = scope.get("state", {}).get("request_id")
-    body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        # RFC 6750 §3: no error code when the request carried no credentials at all.
-        challenge = 'Bearer realm="pat", error="invalid_token"' if invalid_token else 'Bearer realm="pat"'
-        headers.append((b"www-authenticate", challenge.encode()))
-    elif status == 403:
-        headers.append((b"www-authenticate", b'Bearer realm="pat", error="insufficient_scope"'))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await error_response(exc, request_id_of(scope))(scope, receive, send)

@@ -62,7 +62,10 @@ def error_body(code: str, message: str, request_id: str | None) -> dict[str, Any
 
 
 def error_response(exc: ServiceError, request_id: str | None) -> JSONResponse:
-    return JSONResponse(error_body(exc.code, exc.message, request_id), status_code=exc.status)
+    """The one rendering of every error the service raises: the envelope, the status, its headers."""
+    return JSONResponse(
+        error_body(exc.code, exc.message, request_id), status_code=exc.status, headers=exc.headers
+    )
 
 
 def _validation_message(detail: Any) -> str:

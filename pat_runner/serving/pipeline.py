@@ -2,32 +2,35 @@
 
 `Analyzer` is what `service.py` calls; it knows nothing about HTTP or BentoML. Inference is an injected
 async callable (the batching model service in production, a local model in tests), so every step can
-be exercised without a server.
+be exercised without a server. What a request computes is decided once, up front (`Plan`); the result
+of that computation is one typed value (`ComputedResult`), cached under one key (`CacheKey`). FHIR is
+built per request after the cache, so subject ids never enter cache keys or values. The facts an audit
+record needs come back with the result (`InputFacts`); the caller decides where they go.
+See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
 
 import anyio.to_thread
-import bentoml
 import numpy as np
 
 from pat_runner import telemetry
 from pat_runner.actigraphy.fhir import build_bundle
-from pat_runner.actigraphy.metrics import ActigraphyMetrics, actigraphy_metrics
+from pat_runner.actigraphy.metrics import actigraphy_metrics
 from pat_runner.actigraphy.preprocess import PIPELINE_VERSION, Preprocessed, RawRecording, preprocess
-from pat_runner.cache.cache import ResultCache
+from pat_runner.cache.cache import CacheKey, Outcome, ResultCache
 from pat_runner.errors import ModelUnavailable
 from pat_runner.model import WEEK_MINUTES
-from pat_runner.model.store import read_model_info, read_stored_scaler
+from pat_runner.model.info import ModelInfo
 from pat_runner.serving.schemas import (
     AnalyzeOptions,
     AnalyzeResponse,
+    ComputedResult,
     EmbedResponse,
     ModelSummary,
     PatOutput,
@@ -37,25 +40,70 @@ from pat_runner.serving.schemas import (
 from pat_runner.settings import Settings
 
 Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+Scaler = tuple[np.ndarray, np.ndarray]
 WEEK = timedelta(minutes=WEEK_MINUTES)
+DEMO_PAT_WARNING = (
+    "served by the randomly initialised demo model: PAT outputs carry no meaning; "
+    "import the official weights (models/README.md)"
+)
+DEMO_EMBED_WARNING = "served by the randomly initialised demo model: embeddings carry no meaning"
 
 
 @dataclass(frozen=True)
-class ServedModel:
-    """What the API service knows about the served PAT without loading its weights."""
+class Plan:
+    """What one request computes and returns, decided once from its options and the served model."""
 
-    summary: ModelSummary
-    info: dict[str, Any]
-    scaler: tuple[np.ndarray, np.ndarray] | None
+    metrics: bool
+    pat: bool
+    sleep_algorithm: str
+    return_metrics: bool
+    return_pat: bool
+    fhir: bool
+
+    @classmethod
+    def of(cls, options: AnalyzeOptions, model: ModelInfo) -> Plan:
+        outputs = set(options.outputs)
+        fhir = "fhir" in outputs
+        return cls(
+            metrics="metrics" in outputs or fhir,
+            # FHIR carries PAT only as the head's RiskAssessment; an encoder-only model adds nothing there.
+            pat="pat" in outputs or (fhir and model.head_task is not None),
+            sleep_algorithm=options.sleep_algorithm,
+            return_metrics="metrics" in outputs,
+            return_pat="pat" in outputs,
+            fhir=fhir,
+        )
+
+    def result_options(self) -> frozenset[str]:
+        """The choices that change the computed result: the cache key's options."""
+        options = set()
+        if self.metrics:
+            options.update({"metrics", f"sleep_algorithm={self.sleep_algorithm}"})
+        if self.pat:
+            options.add("pat")
+        return frozenset(options)
 
 
-def served_model(model: str | bentoml.Model) -> ServedModel:
-    info = read_model_info(model)
-    return ServedModel(
-        summary=ModelSummary(tag=info.tag, size=info.size, demo=info.demo, head_task=info.head_task),
-        info=info.to_dict(),
-        scaler=read_stored_scaler(model),
-    )
+@dataclass(frozen=True)
+class InputFacts:
+    """What the audit trail records about one recording: a hash and sizes, never values."""
+
+    input_sha256: str
+    minutes: int
+    model_tag: str
+    cache: Outcome | None = None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    response: AnalyzeResponse
+    facts: InputFacts
+
+
+@dataclass(frozen=True)
+class Embedding:
+    response: EmbedResponse
+    facts: InputFacts
 
 
 def to_raw(recording: Recording) -> RawRecording:
@@ -76,25 +124,33 @@ def input_digest(pre: Preprocessed) -> str:
 
 
 class Analyzer:
-    def __init__(self, *, model: ServedModel, infer: Infer, cache: ResultCache, settings: Settings) -> None:
+    def __init__(
+        self,
+        *,
+        model: ModelInfo,
+        scaler: Scaler | None,
+        infer: Infer,
+        cache: ResultCache,
+        settings: Settings,
+    ) -> None:
         self.model = model
+        self.summary = ModelSummary.of(model)
+        self.scaler = scaler
         self.infer = infer
         self.cache = cache
         self.settings = settings
 
-    async def preprocess(self, raw: RawRecording, audit: dict[str, Any]) -> Preprocessed:
-        """Preprocess off the event loop and add the input's hash and size to the audit record."""
+    async def preprocess(self, raw: RawRecording) -> tuple[Preprocessed, InputFacts]:
+        """Preprocess off the event loop; the input's hash and size come back for the audit record."""
         with telemetry.span("preprocess", epoch_seconds=raw.epoch_seconds, n_values=len(raw.values)):
             pre = await anyio.to_thread.run_sync(
-                lambda: preprocess(raw, scaler=self.model.scaler, settings=self.settings)
+                lambda: preprocess(raw, scaler=self.scaler, settings=self.settings)
             )
-        audit.update(
-            input_sha256=input_digest(pre), minutes=len(pre.minutes), model_tag=self.model.summary.tag
-        )
-        return pre
+        facts = InputFacts(input_sha256=input_digest(pre), minutes=len(pre.minutes), model_tag=self.model.tag)
+        return pre, facts
 
     async def run_pat(self, pre: Preprocessed, *, per_patch: bool) -> PatOutput:
-        with telemetry.span("inference", windows=len(pre.windows), model_tag=self.model.summary.tag):
+        with telemetry.span("inference", windows=len(pre.windows), model_tag=self.model.tag):
             try:
                 records = await self.infer(pre.windows)
             except ModelUnavailable:
@@ -123,97 +179,73 @@ class Analyzer:
             )
         return PatOutput(standardization=pre.quality.standardization, windows=windows)
 
-    def _needs_model(self, outputs: Sequence[str]) -> bool:
-        # FHIR carries PAT only as the head's RiskAssessment; an encoder-only model adds nothing there.
-        return "pat" in outputs or ("fhir" in outputs and self.model.summary.head_task is not None)
-
-    async def _compute(self, pre: Preprocessed, raw: RawRecording, options: AnalyzeOptions) -> dict[str, Any]:
+    async def _compute(self, pre: Preprocessed, raw: RawRecording, plan: Plan) -> ComputedResult:
         metrics = None
-        if "metrics" in options.outputs or "fhir" in options.outputs:
+        if plan.metrics:
             with telemetry.span("metrics", minutes=len(pre.minutes)):
                 metrics = await anyio.to_thread.run_sync(
-                    lambda: actigraphy_metrics(
-                        pre.minutes, unit=raw.unit, sleep_method=options.sleep_algorithm
-                    )
+                    lambda: actigraphy_metrics(pre.minutes, unit=raw.unit, sleep_method=plan.sleep_algorithm)
                 )
-        pat = await self.run_pat(pre, per_patch=False) if self._needs_model(options.outputs) else None
-        return {
-            "quality": pre.quality.model_dump(mode="json"),
-            "metrics": metrics.model_dump(mode="json") if metrics else None,
-            "pat": pat.model_dump(mode="json") if pat else None,
-            "warnings": list(pre.warnings),
-        }
+        pat = await self.run_pat(pre, per_patch=False) if plan.pat else None
+        return ComputedResult(quality=pre.quality, metrics=metrics, pat=pat, warnings=list(pre.warnings))
 
-    async def analyze(
-        self, recording: Recording, options: AnalyzeOptions, *, request_id: str, audit: dict[str, Any]
-    ) -> AnalyzeResponse:
-        raw = to_raw(recording)
-        pre = await self.preprocess(raw, audit)
+    async def analyze(self, raw: RawRecording, options: AnalyzeOptions, *, request_id: str) -> Analysis:
+        """Analyse one recording (from JSON via `to_raw`, or straight from a device-file reader)."""
+        plan = Plan.of(options, self.model)
+        pre, facts = await self.preprocess(raw)
         key = self.cache.make_key(
-            canonical_input=pre.canonical_bytes() + options.sleep_algorithm.encode(),
-            model_tag=self.model.summary.tag,
-            pipeline_version=PIPELINE_VERSION,
-            outputs=sorted(options.outputs),
+            CacheKey(
+                canonical_input=pre.canonical_bytes(),
+                model_tag=self.model.tag,
+                pipeline_version=PIPELINE_VERSION,
+                options=plan.result_options(),
+            )
         )
         with telemetry.span("cache"):
             computed, outcome = await self.cache.get_or_compute(
-                key, self.model.summary.tag, lambda: self._compute(pre, raw, options)
+                key, self.model.tag, lambda: self._compute(pre, raw, plan), ComputedResult
             )
-        audit["cache"] = outcome
         response = AnalyzeResponse(
             request_id=request_id,
-            model=self.model.summary,
-            quality=computed["quality"],
-            metrics=computed["metrics"] if "metrics" in options.outputs else None,
-            pat=computed["pat"] if "pat" in options.outputs else None,
-            warnings=computed["warnings"],
+            model=self.summary,
+            quality=computed.quality,
+            metrics=computed.metrics if plan.return_metrics else None,
+            pat=computed.pat if plan.return_pat else None,
+            warnings=list(computed.warnings),
             cache=outcome,
         )
-        if "fhir" in options.outputs:
+        if plan.fhir:
             with telemetry.span("format"):
-                response.fhir = self._bundle(response, computed, recording, pre, request_id)
-        if self.model.summary.demo and ("pat" in options.outputs or response.fhir):
-            response.warnings.append(
-                "served by the randomly initialised demo model: PAT outputs carry no meaning; "
-                "import the official weights (models/README.md)"
-            )
-        return response
+                response.fhir = self._bundle(computed, raw, request_id)
+        if self.model.demo and (plan.return_pat or plan.fhir):
+            response.warnings.append(DEMO_PAT_WARNING)
+        return Analysis(response=response, facts=replace(facts, cache=outcome))
 
-    def _bundle(
-        self,
-        response: AnalyzeResponse,
-        computed: dict[str, Any],
-        recording: Recording,
-        pre: Preprocessed,
-        request_id: str,
-    ) -> dict[str, Any]:
+    def _bundle(self, computed: ComputedResult, raw: RawRecording, request_id: str) -> dict:
         probability = None
-        if computed["pat"] and self.model.summary.head_task:
-            probabilities = [
-                w["probability"] for w in computed["pat"]["windows"] if w["probability"] is not None
-            ]
+        if computed.pat and self.model.head_task:
+            probabilities = [w.probability for w in computed.pat.windows if w.probability is not None]
             probability = float(np.mean(probabilities)) if probabilities else None
+        assert computed.metrics is not None, "a plan with FHIR always computes the metrics"
         return build_bundle(
-            ActigraphyMetrics.model_validate(computed["metrics"]),
-            period_start=pre.quality.start,
-            period_end=pre.quality.end,
-            subject=recording.subject,
-            model=self.model.summary,
+            computed.metrics,
+            period_start=computed.quality.start,
+            period_end=computed.quality.end,
+            subject=raw.subject,
+            model=self.model,
             probability=probability,
-            head_task=self.model.summary.head_task,
-            device=recording.device,
+            head_task=self.model.head_task,
+            device=raw.device,
             request_id=request_id,
         )
 
-    async def embed(
-        self, recording: Recording, *, per_patch: bool, request_id: str, audit: dict[str, Any]
-    ) -> EmbedResponse:
-        raw = to_raw(recording)
-        pre = await self.preprocess(raw, audit)
+    async def embed(self, raw: RawRecording, *, per_patch: bool, request_id: str) -> Embedding:
+        pre, facts = await self.preprocess(raw)
         pat = await self.run_pat(pre, per_patch=per_patch)
         warnings = list(pre.warnings)
-        if self.model.summary.demo:
-            warnings.append("served by the randomly initialised demo model: embeddings carry no meaning")
-        return EmbedResponse(
-            request_id=request_id, model=self.model.summary, quality=pre.quality, pat=pat, warnings=warnings
+        if self.model.demo:
+            warnings.append(DEMO_EMBED_WARNING)
+        response = EmbedResponse(
+            request_id=request_id, model=self.summary, quality=pre.quality, pat=pat, warnings=warnings
         )
+        return Embedding(response=response, facts=facts)

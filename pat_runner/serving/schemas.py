@@ -13,9 +13,9 @@ from zoneinfo import available_timezones
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from pat_runner.actigraphy.fhir import DeviceInfo
 from pat_runner.actigraphy.metrics import ActigraphyMetrics
 from pat_runner.actigraphy.preprocess import QualityReport
+from pat_runner.model.info import ModelInfo
 
 Output = Literal["metrics", "pat", "fhir"]
 Unit = Literal["counts", "steps", "other"]
@@ -31,6 +31,21 @@ _TIMEZONES = frozenset(available_timezones())
 class _Strict(BaseModel):
     # Strict: JSON `false` is not a count, `"60"` is not an epoch length.
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DeviceInfo(BaseModel):
+    """The wearable that recorded the data (FHIR `Device`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {"manufacturer": "ActiGraph", "model": "GT3X+", "serial": "TAS1D47140221"}
+        },
+    )
+
+    manufacturer: str | None = Field(None, description="Device manufacturer.", max_length=128)
+    model: str | None = Field(None, description="Device model name.", max_length=128)
+    serial: str | None = Field(None, description="Device serial number.", max_length=128)
 
 
 class Recording(_Strict):
@@ -108,6 +123,10 @@ class ModelSummary(BaseModel):
     demo: bool = Field(description="True for the randomly initialised demo model: outputs mean nothing.")
     head_task: str | None = Field(None, description="Task of the fine-tuned classification head, if any.")
 
+    @classmethod
+    def of(cls, info: ModelInfo) -> ModelSummary:
+        return cls(tag=info.tag, size=info.size, demo=info.demo, head_task=info.head_task)
+
 
 class PatWindow(BaseModel):
     index: int = Field(description="Window number, 0-based, in time order.")
@@ -144,6 +163,18 @@ class AnalyzeResponse(BaseModel):
     cache: Literal["hit", "miss", "bypass"] = Field(
         "miss", description="Whether the result came from the encrypted result cache."
     )
+
+
+class ComputedResult(BaseModel):
+    """What one computation produced: the unit the result cache stores (no request or subject data).
+
+    A response takes from it the parts the request asked for; FHIR is built from it per request.
+    """
+
+    quality: QualityReport
+    metrics: ActigraphyMetrics | None = None
+    pat: PatOutput | None = None
+    warnings: list[str] = Field(default_factory=list)
 
 
 class ErrorDetail(BaseModel):
