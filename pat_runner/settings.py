@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # Application Default Credentials from the platform (GKE/Cloud Run metadata server) when
     # GOOGLE_APPLICATION_CREDENTIALS is unset; off by default so nothing probes the metadata address.
     firebase_adc: bool = Field(False)
+    # Read by firebase-admin itself as well; mirrored here for the start-up safety checks.
+    firebase_auth_emulator_host: str = Field("", validation_alias="FIREBASE_AUTH_EMULATOR_HOST")
+    google_application_credentials: str = Field("", validation_alias="GOOGLE_APPLICATION_CREDENTIALS")
     protect_docs: bool = Field(True)
     protect_metrics: bool = Field(True)
 

@@ -86,6 +86,14 @@ def auth_settings(project_id: str, **overrides: object) -> Settings:
     return Settings(**values)
 
 
+def with_environ(settings: Settings, environ: dict[str, str]) -> Settings:
+    """The settings as the service would read them with exactly these Firebase variables set."""
+    return settings.replace(
+        firebase_auth_emulator_host=environ.get("FIREBASE_AUTH_EMULATOR_HOST", ""),
+        google_application_credentials=environ.get("GOOGLE_APPLICATION_CREDENTIALS", ""),
+    )
+
+
 def client_for(settings: Settings, client_host: str = "127.0.0.1") -> httpx.AsyncClient:
     app = FirebaseAuthMiddleware(service_shaped_app(), settings=settings)
     transport = httpx.ASGITransport(app=app, client=(client_host, 40000))
@@ -335,7 +343,7 @@ def test_unsafe_configuration_fails_closed(
 ) -> None:
     settings = auth_settings("pat-prod", **{"allow_auth_emulator": False, **overrides})
     with pytest.raises(AuthConfigError, match=message):
-        check_auth_config(settings, environ)
+        check_auth_config(with_environ(settings, environ))
 
 
 @pytest.mark.parametrize(
@@ -349,17 +357,23 @@ def test_unsafe_configuration_fails_closed(
     ids=["no-revocation-check", "platform-credentials", "emulator-allowed", "disabled-on-loopback"],
 )
 def test_safe_configuration_starts(overrides: dict[str, object], environ: dict[str, str]) -> None:
-    check_auth_config(auth_settings("pat-prod", **{"allow_auth_emulator": False, **overrides}), environ)
+    check_auth_config(
+        with_environ(auth_settings("pat-prod", **{"allow_auth_emulator": False, **overrides}), environ)
+    )
 
 
 def test_credentials_file_satisfies_the_revocation_check(tmp_path: Path) -> None:
     key_file = tmp_path / "service-account.json"
     key_file.write_text("{}")
-    check_auth_config(auth_settings("pat-prod"), {"GOOGLE_APPLICATION_CREDENTIALS": str(key_file)})
+    check_auth_config(
+        with_environ(auth_settings("pat-prod"), {"GOOGLE_APPLICATION_CREDENTIALS": str(key_file)})
+    )
 
 
 def test_emulator_mode_is_announced(pat_logs: ListHandler) -> None:
-    check_auth_config(auth_settings("demo-x"), {"FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"})
+    check_auth_config(
+        with_environ(auth_settings("demo-x"), {"FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"})
+    )
     assert any(r.levelno == logging.WARNING and "NOT checked" in r.getMessage() for r in pat_logs.records)
 
 

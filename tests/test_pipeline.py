@@ -132,7 +132,10 @@ async def test_span_tree_of_one_request(
     for name, value in firebase_emulator.env().items():
         monkeypatch.setenv(name, value)
     settings = SETTINGS.replace(
-        firebase_project_id=firebase_emulator.project_id, auth="firebase", allow_auth_emulator=True
+        firebase_project_id=firebase_emulator.project_id,
+        auth="firebase",
+        allow_auth_emulator=True,
+        firebase_auth_emulator_host=firebase_emulator.host,
     )
     analyzer, _ = make_analyzer(stored)
 

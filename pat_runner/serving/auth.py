@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import re
 import time
 import uuid
@@ -79,7 +78,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_auth_config(settings: Settings, environ: Mapping[str, str] = os.environ) -> None:
+def check_auth_config(settings: Settings) -> None:
     """Fail closed at start-up: raise `AuthConfigError` with the fix when the settings would let
     unverified callers in, and log a WARNING for each allowed-but-unsafe mode."""
     if settings.auth == "disabled":
@@ -100,7 +99,7 @@ def check_auth_config(settings: Settings, environ: Mapping[str, str] = os.enviro
             "Firebase authentication needs the project id: set PAT_FIREBASE_PROJECT_ID or "
             "GOOGLE_CLOUD_PROJECT (or PAT_AUTH=disabled for a loopback-only development server)."
         )
-    emulator_host = environ.get(EMULATOR_HOST_ENV, "").strip()
+    emulator_host = settings.firebase_auth_emulator_host
     if emulator_host:
         if not settings.allow_auth_emulator:
             raise AuthConfigError(
@@ -113,7 +112,7 @@ def check_auth_config(settings: Settings, environ: Mapping[str, str] = os.enviro
             emulator_host,
         )
         return
-    credentials_file = environ.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip()
+    credentials_file = settings.google_application_credentials
     if credentials_file and not Path(credentials_file).is_file():
         raise AuthConfigError(
             f"GOOGLE_APPLICATION_CREDENTIALS names {credentials_file!r}, which is not a file."
@@ -134,8 +133,8 @@ class _NoGoogleCredential(firebase_credentials.Base):
         return google.auth.credentials.AnonymousCredentials()
 
 
-def _credential(settings: Settings, environ: Mapping[str, str]) -> firebase_credentials.Base:
-    if environ.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip() or settings.firebase_adc:
+def _credential(settings: Settings) -> firebase_credentials.Base:
+    if settings.google_application_credentials or settings.firebase_adc:
         return firebase_credentials.ApplicationDefault()
     return _NoGoogleCredential()
 
@@ -155,13 +154,13 @@ def bearer_token(authorization: str | None) -> str:
 class FirebaseTokenVerifier:
     """Verifies Firebase ID tokens for one project with its own `firebase_admin` App."""
 
-    def __init__(self, settings: Settings, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.project_id = settings.firebase_project_id
         self.check_revoked = settings.auth_check_revoked
         # A private App per verifier: the project id is explicit (no environment or metadata lookup),
         # and several verifiers (tests, reloads) never share or clash over the default App.
         self.app = firebase_admin.initialize_app(
-            credential=_credential(settings, environ),
+            credential=_credential(settings),
             options={"projectId": self.project_id, "httpTimeout": 10},
             name=f"pat-auth-{uuid.uuid4().hex}",
         )
