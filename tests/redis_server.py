@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.server import free_port
+from scripts.local_server import free_port
 
 
 class RedisServer:

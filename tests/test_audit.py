@@ -26,6 +26,7 @@ from pat_runner.serving.audit import (
 )
 from pat_runner.serving.auth import FirebaseAuthMiddleware
 from pat_runner.settings import Settings
+from tests.factories import make_settings
 from tests.firebase_emulator import FirebaseEmulator
 
 REQUIRED_FIELDS = {
@@ -124,7 +125,7 @@ def logs() -> Iterator[ListHandler]:
 
 
 def dev_settings() -> Settings:
-    return Settings(auth="disabled", host="127.0.0.1")
+    return make_settings()
 
 
 def analyze_body() -> dict[str, object]:
@@ -188,7 +189,7 @@ async def test_rejected_request_is_audited_with_the_reason(
     logs: ListHandler, firebase_emulator: FirebaseEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", firebase_emulator.host)
-    settings = Settings(
+    settings = make_settings(
         auth="firebase", firebase_project_id=firebase_emulator.project_id, allow_auth_emulator=True
     )
     async with client_for(audited_app(settings)) as client:
@@ -210,7 +211,7 @@ async def test_logs_hold_no_token_body_value_or_subject(
 ) -> None:
     monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", firebase_emulator.host)
     configure_logging("DEBUG")
-    settings = Settings(
+    settings = make_settings(
         auth="firebase", firebase_project_id=firebase_emulator.project_id, allow_auth_emulator=True
     )
     token = tokens["clinician"]

@@ -33,6 +33,7 @@ from pat_runner.serving.routes import endpoint_label
 from pat_runner.settings import Settings
 from tests.certs import self_signed
 from tests.endpoints import ANY_ROLE, ENDPOINTS, OPEN_PATHS
+from tests.factories import make_settings
 from tests.firebase_emulator import FirebaseEmulator
 
 # Each rejection for its own reason, not an earlier check catching it by accident.
@@ -83,7 +84,7 @@ def auth_settings(project_id: str, **overrides: object) -> Settings:
         "host": "127.0.0.1",
     }
     values.update(overrides)
-    return Settings(**values)
+    return make_settings(**values)
 
 
 def with_environ(settings: Settings, environ: dict[str, str]) -> Settings:

@@ -29,6 +29,7 @@ from pat_runner.cache.crypto import (
     secrets_from_settings,
 )
 from pat_runner.settings import Settings
+from tests.factories import make_settings
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 PIPELINE = "pipeline-1"
@@ -61,7 +62,7 @@ def b64_key() -> str:
 
 
 def cache_settings(**overrides: Any) -> Settings:
-    base = Settings().replace(
+    base = make_settings(
         redis_url=REDIS_URL,
         cache_keys=f"k1:{b64_key()}",
         cache_hmac_key=b64_key(),

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from pat_runner.cache.cache import CacheKey, ResultCache
 from pat_runner.settings import Settings
+from tests.factories import make_settings
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server binary not found")
@@ -42,7 +43,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 def fault_settings(url: str) -> Settings:
     key = base64.b64encode(secrets.token_bytes(32)).decode()
-    return Settings().replace(
+    return make_settings(
         redis_url=url,
         cache_keys=f"k1:{key}",
         cache_hmac_key=base64.b64encode(secrets.token_bytes(32)).decode(),

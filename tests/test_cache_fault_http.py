@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.payloads import recording
+from scripts.local_server import Server, cache_key_env, start_server, stop_server
+from tests.factories import recording
 from tests.redis_server import RedisServer
-from tests.server import Server, cache_key_env, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from pat_runner.cache.crypto import (
     parse_hmac_key,
     secrets_from_settings,
 )
-from pat_runner.settings import Settings
+from tests.factories import make_settings
 
 PLAINTEXT = b'{"metrics":{"total_sleep_minutes":431.0},"pat":{"windows":[0.125]}}'
 CACHE_KEY = "pat:0123:abcd"
@@ -124,7 +124,7 @@ def test_keyed_hash_is_length_prefixed_and_key_dependent() -> None:
 
 
 def test_shared_cache_fails_closed_without_keys() -> None:
-    settings = Settings().replace(redis_url="redis://127.0.0.1:6379/0", cache_keys="", cache_hmac_key="")
+    settings = make_settings(redis_url="redis://127.0.0.1:6379/0")
     with pytest.raises(CacheConfigError, match="PAT_CACHE_KEYS and PAT_CACHE_HMAC_KEY are not"):
         secrets_from_settings(settings, shared_cache=True)
     only_cipher = settings.replace(cache_keys=key_spec(new_key("k1")))
@@ -135,7 +135,7 @@ def test_shared_cache_fails_closed_without_keys() -> None:
 def test_embedded_cache_generates_ephemeral_keys_and_never_logs_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = Settings().replace(redis_url="", cache_keys="", cache_hmac_key="")
+    settings = make_settings()
     with caplog.at_level(logging.WARNING, logger="pat_runner.cache.crypto"):
         first = secrets_from_settings(settings, shared_cache=False)
         second = secrets_from_settings(settings, shared_cache=False)
@@ -150,7 +150,7 @@ def test_embedded_cache_generates_ephemeral_keys_and_never_logs_them(
 
 def test_configured_keys_are_used() -> None:
     generated = generate_settings("k2026")
-    settings = Settings().replace(
+    settings = make_settings(
         cache_keys=generated["PAT_CACHE_KEYS"], cache_hmac_key=generated["PAT_CACHE_HMAC_KEY"]
     )
     loaded = secrets_from_settings(settings, shared_cache=True)

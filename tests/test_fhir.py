@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from pat_runner.actigraphy.fhir import CODE_SYSTEM, DEMO_TAG, OWN_CODES, build_bundle
 from pat_runner.actigraphy.metrics import ActigraphyMetrics, actigraphy_metrics
+from pat_runner.model import WEEK_MINUTES
 from pat_runner.serving.schemas import DeviceInfo
+from tests.factories import model_info, rest_activity_series
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -36,22 +36,9 @@ EXPECTED_KINDS = {
 }
 
 
-@dataclass(frozen=True)
-class Model:
-    tag: str = "pat-m:20240301"
-    size: str = "M"
-    demo: bool = False
-
-
 def week(tz: str = "America/New_York", seed: int = 0) -> pd.Series:
-    rng = np.random.default_rng(seed)
-    first = pd.Timestamp("2024-03-06 00:00").tz_localize(tz)
-    index = pd.DatetimeIndex(
-        first.tz_convert("UTC") + pd.to_timedelta(np.arange(10_080), unit="min")
-    ).tz_convert(tz)
-    awake = (index.hour >= 7) & (index.hour < 23)
-    values = np.where(awake, rng.gamma(2.0, 300.0, index.size), 0.0)
-    return pd.Series(np.round(values), index=index)
+    """A week from Wednesday 2024-03-06 local time (across the US DST change), zero counts asleep."""
+    return rest_activity_series(WEEK_MINUTES, seed, start="2024-03-06 00:00", tz=tz, asleep_mean=0.0)
 
 
 def bundle_for(metrics: ActigraphyMetrics, series: pd.Series, **overrides: Any) -> dict[str, Any]:
@@ -59,7 +46,7 @@ def bundle_for(metrics: ActigraphyMetrics, series: pd.Series, **overrides: Any) 
         "period_start": series.index[0].to_pydatetime(),
         "period_end": (series.index[-1] + pd.Timedelta(minutes=1)).to_pydatetime(),
         "subject": "Patient/123",
-        "model": Model(),
+        "model": model_info(tag="pat-m:20240301", size="M", demo=False),
         "request_id": "req-1",
     }
     arguments.update(overrides)
@@ -113,7 +100,13 @@ def test_l5_and_m10_carry_their_local_onsets(series: pd.Series, metrics: Actigra
 def test_risk_assessment_names_task_and_model_and_needs_a_subject(
     series: pd.Series, metrics: ActigraphyMetrics
 ) -> None:
-    bundle = bundle_for(metrics, series, probability=0.42, head_task="depression", model=Model(demo=True))
+    bundle = bundle_for(
+        metrics,
+        series,
+        probability=0.42,
+        head_task="depression",
+        model=model_info(tag="pat-m:20240301", size="M", demo=True),
+    )
     Bundle.model_validate(bundle)
     (risk,) = resources(bundle, "RiskAssessment")
     assert risk["prediction"][0]["probabilityDecimal"] == 0.42

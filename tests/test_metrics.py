@@ -13,15 +13,7 @@ import pandas as pd
 import pytest
 
 from pat_runner.actigraphy.metrics import ONLY_COUNTS, actigraphy_metrics, troiano_nonwear
-
-DAY = 1440
-
-
-def minutes_series(values: np.ndarray, start: str = "2024-01-01 00:00", tz: str = "UTC") -> pd.Series:
-    """One value per elapsed minute from a local wall-clock start."""
-    first = pd.Timestamp(start).tz_localize(tz)
-    index = pd.DatetimeIndex(first.tz_convert("UTC") + pd.to_timedelta(np.arange(values.size), unit="min"))
-    return pd.Series(values.astype(float), index=index.tz_convert(tz))
+from tests.factories import DAY, minutes_series, rest_activity_series
 
 
 def clock_pattern(index: pd.DatetimeIndex, by_local_minute: np.ndarray) -> np.ndarray:
@@ -51,15 +43,6 @@ def reference_lx(series: pd.Series, hours: int, lowest: bool) -> tuple[float, st
     return float(means[best]), f"{best // 60:02d}:{best % 60:02d}"
 
 
-def rest_activity(days: int, seed: int, start: str = "2024-01-01 00:00", tz: str = "UTC") -> pd.Series:
-    rng = np.random.default_rng(seed)
-    template = minutes_series(np.zeros(days * DAY), start, tz)
-    hour = template.index.hour.to_numpy()
-    awake = (hour >= 7) & (hour < 23)
-    values = np.where(awake, rng.gamma(2.0, 300.0, template.size), rng.poisson(2.0, template.size))
-    return pd.Series(np.round(values), index=template.index)
-
-
 def test_perfect_square_wave_has_is_one() -> None:
     by_minute = np.where((np.arange(DAY) >= 8 * 60) & (np.arange(DAY) < 20 * 60), 500.0, 0.0)
     series = minutes_series(np.zeros(7 * DAY))
@@ -85,7 +68,7 @@ def test_constant_signal_has_undefined_is_and_iv() -> None:
 
 
 def test_shifted_pattern_moves_onsets_by_the_shift() -> None:
-    base = rest_activity(7, seed=3)
+    base = rest_activity_series(7 * DAY, seed=3)
     shifted = pd.Series(np.roll(base.to_numpy(), 90), index=base.index)
     first, second = actigraphy_metrics(base), actigraphy_metrics(shifted)
 
@@ -109,7 +92,7 @@ def test_shifted_pattern_moves_onsets_by_the_shift() -> None:
     ids=["utc", "us-spring-forward-week", "eu-fall-back-week"],
 )
 def test_rhythm_metrics_match_the_published_formulas(start: str, tz: str) -> None:
-    series = rest_activity(7, seed=11, start=start, tz=tz)
+    series = rest_activity_series(7 * DAY, seed=11, start=start, tz=tz)
     metrics = actigraphy_metrics(series)
     interdaily, intradaily = reference_is_iv(series)
     assert metrics.interdaily_stability == pytest.approx(interdaily, rel=1e-12)
@@ -138,18 +121,18 @@ def test_dst_week_uses_the_local_clock() -> None:
 
 
 def test_too_little_data_gives_null_with_reasons() -> None:
-    short = actigraphy_metrics(rest_activity(1, seed=1).iloc[:1200])
+    short = actigraphy_metrics(rest_activity_series(DAY, seed=1).iloc[:1200])
     assert short.interdaily_stability is None and short.l5 is None and short.intradaily_variability is None
     assert (
         "hours" in short.reasons["interdaily_stability"]
         and "hours" in short.reasons["intradaily_variability"]
     )
-    one_day = actigraphy_metrics(rest_activity(1, seed=1))
+    one_day = actigraphy_metrics(rest_activity_series(DAY, seed=1))
     assert one_day.intradaily_variability is not None and one_day.interdaily_stability is None
 
 
 def test_gaps_skip_hours_and_unobserved_clock_minutes_null_l5() -> None:
-    series = rest_activity(4, seed=5)
+    series = rest_activity_series(4 * DAY, seed=5)
     series.iloc[DAY + 600 : DAY + 700] = np.nan
     metrics = actigraphy_metrics(series)
     assert metrics.interdaily_stability is not None and metrics.l5 is not None
@@ -222,14 +205,16 @@ def test_night_summary_on_a_constructed_night() -> None:
 
 
 def test_other_units_get_no_count_based_metrics() -> None:
-    metrics = actigraphy_metrics(rest_activity(3, seed=2), unit="steps")
+    metrics = actigraphy_metrics(rest_activity_series(3 * DAY, seed=2), unit="steps")
     assert metrics.nights == [] and metrics.reasons["nights"] == ONLY_COUNTS
     assert all(day.sedentary_minutes is None and day.reason == ONLY_COUNTS for day in metrics.days)
     assert metrics.interdaily_stability is not None
 
 
 def test_result_serialises_with_offsets_and_rejects_naive_index() -> None:
-    payload = actigraphy_metrics(rest_activity(3, seed=4, tz="Asia/Kolkata")).model_dump(mode="json")
+    payload = actigraphy_metrics(rest_activity_series(3 * DAY, seed=4, tz="Asia/Kolkata")).model_dump(
+        mode="json"
+    )
     assert payload["days"][0]["start"].endswith("+05:30")
     with pytest.raises(ValueError, match="timezone-aware"):
         actigraphy_metrics(pd.Series([1.0], index=pd.DatetimeIndex(["2024-01-01"])))

@@ -16,14 +16,13 @@ from starlette.routing import Route
 
 from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import ModelUnavailable
-from pat_runner.model.store import ModelInfo, StoredPAT, demo_pat
+from pat_runner.model.store import StoredPAT, demo_pat
 from pat_runner.serving.audit import AuditMiddleware
 from pat_runner.serving.auth import FirebaseAuthMiddleware
 from pat_runner.serving.pipeline import Analyzer, to_raw
 from pat_runner.serving.runner import run_model
 from pat_runner.serving.schemas import AnalyzeOptions, Recording
-from pat_runner.settings import Settings
-from tests.payloads import recording
+from tests.factories import make_settings, model_info, recording
 
 
 def as_recording(body: dict) -> Recording:
@@ -31,29 +30,13 @@ def as_recording(body: dict) -> Recording:
     return Recording.model_validate_json(json.dumps(body))
 
 
-SETTINGS = Settings().replace(redis_url="", cache_keys="", cache_hmac_key="")
+SETTINGS = make_settings()
 
 
 @pytest.fixture(scope="module")
 def stored() -> StoredPAT:
     model = demo_pat().eval()
-    info = ModelInfo(
-        tag="pat-demo:test",
-        name="pat-demo",
-        size="S",
-        layout="demo",
-        demo=True,
-        head_task=None,
-        patch_size=18,
-        num_layers=1,
-        num_heads=6,
-        parameters=model.parameter_count(),
-        source_file=None,
-        source_sha256=None,
-        dataset=None,
-        converter_version="1",
-        has_scaler=False,
-    )
+    info = model_info(parameters=model.parameter_count())
     return StoredPAT(tag=info.tag, model=model, info=info, scaler=None)
 
 

@@ -19,52 +19,27 @@ from pat_runner.actigraphy.preprocess import (
 )
 from pat_runner.errors import InvalidInput
 from pat_runner.settings import Settings
+from tests.factories import DAY, NEW_YORK, make_settings, raw_recording, split_into_epochs
 
-DAY = 1_440
-NEW_YORK = "America/New_York"
 BERLIN = "Europe/Berlin"
 
 
 def settings(**overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "window_stride_minutes": WEEK_MINUTES,
-        "min_recording_minutes": DAY,
-        "max_recording_minutes": 8 * WEEK_MINUTES,
-        "max_missing_fraction": 0.5,
-        "nonwear_zero_run_minutes": DAY,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return make_settings(
+        **{
+            "window_stride_minutes": WEEK_MINUTES,
+            "min_recording_minutes": DAY,
+            "max_recording_minutes": 8 * WEEK_MINUTES,
+            "max_missing_fraction": 0.5,
+            "nonwear_zero_run_minutes": DAY,
+            **overrides,
+        }
+    )
 
 
 def minute_counts(minutes: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.poisson(120, minutes).astype(np.float64) + 1
-
-
-def recording(
-    values: np.ndarray | list[float | None],
-    *,
-    start: datetime | None = None,
-    timezone: str = NEW_YORK,
-    epoch_seconds: int = 60,
-) -> RawRecording:
-    return RawRecording(
-        start=start or datetime.fromisoformat("2024-03-04T00:00:00-05:00"),
-        timezone=timezone,
-        epoch_seconds=epoch_seconds,
-        values=values,
-    )
-
-
-def split_into_epochs(minutes: np.ndarray, epoch_seconds: int, seed: int = 1) -> np.ndarray:
-    """Random non-negative integer epochs that sum to each minute's count."""
-    per_minute = 60 // epoch_seconds
-    rng = np.random.default_rng(seed)
-    epochs = np.zeros((minutes.size, per_minute))
-    for index, count in enumerate(minutes.astype(int)):
-        epochs[index] = rng.multinomial(count, np.full(per_minute, 1 / per_minute))
-    return epochs.ravel()
 
 
 # --- epochs to minutes ---------------------------------------------------------------------------
@@ -73,9 +48,10 @@ def split_into_epochs(minutes: np.ndarray, epoch_seconds: int, seed: int = 1) ->
 @pytest.mark.parametrize("epoch_seconds", SUPPORTED_EPOCH_SECONDS)
 def test_each_epoch_length_sums_to_the_same_minutes(epoch_seconds: int) -> None:
     minutes = minute_counts(2 * DAY)
-    by_minute = preprocess(recording(minutes), settings=settings())
+    by_minute = preprocess(raw_recording(minutes), settings=settings())
     by_epoch = preprocess(
-        recording(split_into_epochs(minutes, epoch_seconds), epoch_seconds=epoch_seconds), settings=settings()
+        raw_recording(split_into_epochs(minutes, epoch_seconds), epoch_seconds=epoch_seconds),
+        settings=settings(),
     )
     np.testing.assert_array_equal(by_epoch.minutes.to_numpy(), minutes)
     assert by_epoch.quality.epoch_seconds == epoch_seconds
@@ -88,7 +64,7 @@ def test_a_minute_with_any_null_epoch_is_missing_and_others_are_not() -> None:
     epochs = split_into_epochs(minute_counts(DAY), 15).tolist()
     epochs[4 * 10 + 2] = None  # one epoch of minute 10
     epochs[4 * 20 : 4 * 25] = [None] * 20  # minutes 20-24 entirely
-    pre = preprocess(recording(epochs, epoch_seconds=15), settings=settings())
+    pre = preprocess(raw_recording(epochs, epoch_seconds=15), settings=settings())
     missing = np.flatnonzero(np.isnan(pre.minutes.to_numpy()))
     np.testing.assert_array_equal(missing, [10, 20, 21, 22, 23, 24])
     assert pre.quality.missing_minutes == 6
@@ -100,7 +76,7 @@ def test_missing_runs_are_reported_and_zero_after_standardization() -> None:
     values: list[float | None] = list(minute_counts(3 * DAY))
     values[100:400] = [None] * 300
     values[2000:2010] = [None] * 10
-    pre = preprocess(recording(values), settings=settings())
+    pre = preprocess(raw_recording(values), settings=settings())
     assert pre.quality.missing_minutes == 310
     assert pre.quality.longest_missing_run_minutes == 300
     assert np.all(pre.windows[0, 100:400] == 0)
@@ -112,7 +88,7 @@ def test_a_start_inside_a_minute_leaves_that_minute_and_the_last_incomplete_miss
     minutes = minute_counts(DAY)
     epochs = split_into_epochs(minutes, 15)
     start = datetime(2024, 3, 4, 0, 0, 30, tzinfo=ZoneInfo(NEW_YORK))
-    pre = preprocess(recording(epochs, start=start, epoch_seconds=15), settings=settings())
+    pre = preprocess(raw_recording(epochs, start=start, epoch_seconds=15), settings=settings())
     assert pre.quality.start == datetime(2024, 3, 4, 5, 0, tzinfo=UTC)
     assert pre.quality.total_minutes == DAY + 1
     values = pre.minutes.to_numpy()
@@ -126,7 +102,7 @@ def test_a_start_inside_a_minute_leaves_that_minute_and_the_last_incomplete_miss
 def test_a_start_off_the_epoch_grid_is_aligned_with_a_warning() -> None:
     start = datetime(2024, 3, 4, 5, 0, 7, tzinfo=UTC)
     pre = preprocess(
-        recording(split_into_epochs(minute_counts(DAY), 15), start=start, epoch_seconds=15),
+        raw_recording(split_into_epochs(minute_counts(DAY), 15), start=start, epoch_seconds=15),
         settings=settings(),
     )
     assert pre.quality.start == datetime(2024, 3, 4, 5, 0, tzinfo=UTC)
@@ -154,7 +130,7 @@ def test_dst_changes_keep_elapsed_minutes_and_give_the_local_clock(
     zone: str, day: datetime, last_before: str, first_after: str, day_length: int
 ) -> None:
     start = (day - timedelta(days=1)).replace(tzinfo=ZoneInfo(zone))
-    pre = preprocess(recording(minute_counts(3 * DAY), start=start, timezone=zone), settings=settings())
+    pre = preprocess(raw_recording(minute_counts(3 * DAY), start=start, timezone=zone), settings=settings())
 
     assert pre.quality.total_minutes == 3 * DAY
     assert pre.quality.end - pre.quality.start == timedelta(minutes=3 * DAY)
@@ -172,7 +148,7 @@ def test_dst_changes_keep_elapsed_minutes_and_give_the_local_clock(
 
 def test_week_is_10080_elapsed_minutes_across_a_dst_change() -> None:
     start = datetime(2024, 3, 7, tzinfo=ZoneInfo(NEW_YORK))
-    pre = preprocess(recording(minute_counts(WEEK_MINUTES), start=start), settings=settings())
+    pre = preprocess(raw_recording(minute_counts(WEEK_MINUTES), start=start), settings=settings())
     assert pre.quality.windows == 1 and pre.quality.padded_minutes == 0
     assert pre.window_starts == [datetime(2024, 3, 7, 5, 0, tzinfo=UTC)]
     # 10,080 elapsed minutes from 00:00 EST end at 01:00 EDT: the local clock gained the skipped hour.
@@ -181,11 +157,13 @@ def test_week_is_10080_elapsed_minutes_across_a_dst_change() -> None:
 
 def test_a_utc_start_is_fine_and_an_inconsistent_offset_is_warned() -> None:
     values = minute_counts(DAY)
-    utc_start = preprocess(recording(values, start=datetime(2024, 7, 4, 4, tzinfo=UTC)), settings=settings())
+    utc_start = preprocess(
+        raw_recording(values, start=datetime(2024, 7, 4, 4, tzinfo=UTC)), settings=settings()
+    )
     assert not any("offset" in warning for warning in utc_start.warnings)
     assert utc_start.minutes.index[0].isoformat() == "2024-07-04T00:00:00-04:00"
     wrong = datetime.fromisoformat("2024-07-04T00:00:00-05:00")
-    warned = preprocess(recording(values, start=wrong), settings=settings())
+    warned = preprocess(raw_recording(values, start=wrong), settings=settings())
     assert any("-05:00 differs from America/New_York's offset -04:00" in w for w in warned.warnings)
     assert warned.quality.start == datetime(2024, 7, 4, 5, tzinfo=UTC)
 
@@ -195,7 +173,7 @@ def test_a_utc_start_is_fine_and_an_inconsistent_offset_is_warned() -> None:
 
 def test_three_weeks_give_three_consecutive_week_windows() -> None:
     minutes = minute_counts(3 * WEEK_MINUTES)
-    pre = preprocess(recording(minutes), settings=settings())
+    pre = preprocess(raw_recording(minutes), settings=settings())
     assert pre.windows.shape == (3, WEEK_MINUTES) and pre.windows.dtype == np.float32
     start = pre.quality.start
     assert pre.window_starts == [start + timedelta(minutes=k * WEEK_MINUTES) for k in range(3)]
@@ -206,7 +184,9 @@ def test_three_weeks_give_three_consecutive_week_windows() -> None:
 
 
 def test_three_weeks_with_a_daily_stride() -> None:
-    pre = preprocess(recording(minute_counts(3 * WEEK_MINUTES)), settings=settings(window_stride_minutes=DAY))
+    pre = preprocess(
+        raw_recording(minute_counts(3 * WEEK_MINUTES)), settings=settings(window_stride_minutes=DAY)
+    )
     assert pre.windows.shape == (15, WEEK_MINUTES)
     np.testing.assert_array_equal(pre.windows[1, : WEEK_MINUTES - DAY], pre.windows[0, DAY:])
     assert pre.quality.window_stride_minutes == DAY
@@ -214,7 +194,7 @@ def test_three_weeks_with_a_daily_stride() -> None:
 
 def test_a_long_tail_gets_a_window_aligned_to_the_end() -> None:
     minutes = minute_counts(3 * WEEK_MINUTES + 2_000)
-    pre = preprocess(recording(minutes), settings=settings())
+    pre = preprocess(raw_recording(minutes), settings=settings())
     assert pre.quality.windows == 4 and pre.quality.dropped_minutes == 0
     assert pre.window_starts[-1] == pre.quality.end - timedelta(minutes=WEEK_MINUTES)
     standardized = (minutes - minutes.mean()) / minutes.std()
@@ -222,14 +202,14 @@ def test_a_long_tail_gets_a_window_aligned_to_the_end() -> None:
 
 
 def test_a_short_tail_is_dropped_with_a_warning() -> None:
-    pre = preprocess(recording(minute_counts(3 * WEEK_MINUTES + 100)), settings=settings())
+    pre = preprocess(raw_recording(minute_counts(3 * WEEK_MINUTES + 100)), settings=settings())
     assert pre.quality.windows == 3 and pre.quality.dropped_minutes == 100
     assert len(pre.minutes) == 3 * WEEK_MINUTES + 100
     assert any("last 100 minutes" in warning for warning in pre.warnings)
 
 
 def test_a_short_recording_is_padded_and_flagged() -> None:
-    pre = preprocess(recording(minute_counts(2 * DAY)), settings=settings())
+    pre = preprocess(raw_recording(minute_counts(2 * DAY)), settings=settings())
     assert pre.windows.shape == (1, WEEK_MINUTES)
     assert pre.quality.padded_minutes == WEEK_MINUTES - 2 * DAY
     assert np.all(pre.windows[0, 2 * DAY :] == 0)
@@ -241,7 +221,7 @@ def test_a_short_recording_is_padded_and_flagged() -> None:
 def test_a_window_mostly_missing_is_warned_about() -> None:
     values: list[float | None] = list(minute_counts(2 * WEEK_MINUTES))
     values[WEEK_MINUTES : WEEK_MINUTES + 6_000] = [None] * 6_000
-    pre = preprocess(recording(values), settings=settings())
+    pre = preprocess(raw_recording(values), settings=settings())
     assert pre.window_observed_fraction[1] == pytest.approx(1 - 6_000 / WEEK_MINUTES)
     assert any(warning.startswith("window 1 has only 40%") for warning in pre.warnings)
 
@@ -253,14 +233,14 @@ def test_a_day_of_zero_counts_is_non_wear_and_shorter_zero_runs_are_not() -> Non
     values = minute_counts(4 * DAY)
     values[100 : 100 + DAY] = 0
     values[3_000 : 3_000 + DAY - 1] = 0
-    pre = preprocess(recording(values), settings=settings())
+    pre = preprocess(raw_recording(values), settings=settings())
     assert pre.quality.nonwear_minutes == DAY
     assert pre.quality.missing_minutes == DAY
     assert pre.minutes.iloc[100 : 100 + DAY].isna().all()
     assert (pre.minutes.iloc[3_000 : 3_000 + DAY - 1] == 0).all()
     assert any("non-wear" in warning for warning in pre.warnings)
 
-    disabled = preprocess(recording(values), settings=settings(nonwear_zero_run_minutes=0))
+    disabled = preprocess(raw_recording(values), settings=settings(nonwear_zero_run_minutes=0))
     assert disabled.quality.missing_minutes == 0
     assert disabled.canonical_bytes() != pre.canonical_bytes()
 
@@ -272,7 +252,7 @@ def test_per_recording_zscore_uses_observed_minutes_only() -> None:
     values = minute_counts(2 * DAY)
     with_gap: list[float | None] = list(values)
     with_gap[:60] = [None] * 60
-    pre = preprocess(recording(with_gap), settings=settings())
+    pre = preprocess(raw_recording(with_gap), settings=settings())
     observed = values[60:]
     expected = (observed - observed.mean()) / observed.std()
     np.testing.assert_allclose(pre.windows[0, 60 : 2 * DAY], expected, rtol=1e-5, atol=1e-5)
@@ -280,7 +260,7 @@ def test_per_recording_zscore_uses_observed_minutes_only() -> None:
 
 
 def test_a_constant_recording_standardizes_to_zeros() -> None:
-    pre = preprocess(recording(np.full(DAY, 50.0)), settings=settings())
+    pre = preprocess(raw_recording(np.full(DAY, 50.0)), settings=settings())
     assert np.all(pre.windows == 0)
     assert np.isfinite(pre.windows).all()
     assert any("same count" in warning for warning in pre.warnings)
@@ -290,7 +270,7 @@ def test_cohort_scaler_is_applied_per_minute_of_window() -> None:
     values = minute_counts(WEEK_MINUTES + 3 * DAY)
     mean = np.linspace(50, 150, WEEK_MINUTES)
     scale = np.linspace(10, 20, WEEK_MINUTES)
-    pre = preprocess(recording(values), scaler=(mean, scale), settings=settings())
+    pre = preprocess(raw_recording(values), scaler=(mean, scale), settings=settings())
     assert pre.quality.standardization == "cohort_scaler"
     np.testing.assert_allclose(pre.windows[0], (values[:WEEK_MINUTES] - mean) / scale, rtol=1e-5)
     np.testing.assert_allclose(pre.windows[1], (values[-WEEK_MINUTES:] - mean) / scale, rtol=1e-5)
@@ -300,13 +280,15 @@ def test_cohort_scaler_sets_padding_and_gaps_to_zero() -> None:
     values: list[float | None] = list(minute_counts(2 * DAY))
     values[10:20] = [None] * 10
     scaler = (np.full(WEEK_MINUTES, 100.0), np.full(WEEK_MINUTES, 5.0))
-    pre = preprocess(recording(values), scaler=scaler, settings=settings())
+    pre = preprocess(raw_recording(values), scaler=scaler, settings=settings())
     assert np.all(pre.windows[0, 10:20] == 0) and np.all(pre.windows[0, 2 * DAY :] == 0)
 
 
 def test_a_scaler_of_the_wrong_length_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="shape"):
-        preprocess(recording(minute_counts(DAY)), scaler=(np.zeros(100), np.ones(100)), settings=settings())
+        preprocess(
+            raw_recording(minute_counts(DAY)), scaler=(np.zeros(100), np.ones(100)), settings=settings()
+        )
 
 
 # --- canonical bytes and the report --------------------------------------------------------------
@@ -314,27 +296,27 @@ def test_a_scaler_of_the_wrong_length_is_a_configuration_error() -> None:
 
 def test_canonical_bytes_change_with_what_changes_the_result() -> None:
     values = minute_counts(DAY)
-    base = preprocess(recording(values), settings=settings())
+    base = preprocess(raw_recording(values), settings=settings())
     assert (
         base.canonical_bytes()
-        == preprocess(recording(values.tolist()), settings=settings()).canonical_bytes()
+        == preprocess(raw_recording(values.tolist()), settings=settings()).canonical_bytes()
     )
     changed_value = values.copy()
     changed_value[7] += 1
     later = datetime(2024, 3, 4, 0, 1, tzinfo=ZoneInfo(NEW_YORK))
     variants = [
-        preprocess(recording(changed_value), settings=settings()),
-        preprocess(recording(values, start=later), settings=settings()),
+        preprocess(raw_recording(changed_value), settings=settings()),
+        preprocess(raw_recording(values, start=later), settings=settings()),
         preprocess(
-            recording(values, timezone="America/Chicago", start=base.quality.start), settings=settings()
+            raw_recording(values, timezone="America/Chicago", start=base.quality.start), settings=settings()
         ),
-        preprocess(recording(values), settings=settings(window_stride_minutes=DAY)),
+        preprocess(raw_recording(values), settings=settings(window_stride_minutes=DAY)),
     ]
     assert len({base.canonical_bytes(), *(variant.canonical_bytes() for variant in variants)}) == 5
 
 
 def test_the_minutes_series_and_quality_report_contract() -> None:
-    pre = preprocess(recording(minute_counts(DAY)), settings=settings())
+    pre = preprocess(raw_recording(minute_counts(DAY)), settings=settings())
     assert isinstance(pre.minutes.index, pd.DatetimeIndex)
     assert pre.minutes.dtype == np.float64
     assert pre.minutes.index[0] == pd.Timestamp("2024-03-04T00:00:00-05:00")
@@ -352,32 +334,32 @@ def test_the_minutes_series_and_quality_report_contract() -> None:
     ("raw", "message"),
     [
         (
-            recording(minute_counts(DAY - 1)),
+            raw_recording(minute_counts(DAY - 1)),
             "the recording is 1,439 minutes, shorter than the minimum of 1,440",
         ),
         (
-            recording(minute_counts(8 * WEEK_MINUTES + 1)),
+            raw_recording(minute_counts(8 * WEEK_MINUTES + 1)),
             "the recording is 80,641 minutes, longer than the maximum of 80,640",
         ),
         (
-            recording([*minute_counts(DAY).tolist(), *[None] * (DAY + 10)]),
+            raw_recording([*minute_counts(DAY).tolist(), *[None] * (DAY + 10)]),
             r"50.\d% of the 2,890 minutes are missing, more than the maximum of 50%; "
             r"the longest gap is 1,450 minutes from minute 1,440 \(2024-03-05T05:00Z\)",
         ),
-        (recording(minute_counts(DAY), timezone="Mars/Olympus_Mons"), "timezone: unknown IANA time zone"),
-        (recording(minute_counts(DAY), timezone="../../etc/passwd"), "timezone: unknown IANA time zone"),
+        (raw_recording(minute_counts(DAY), timezone="Mars/Olympus_Mons"), "timezone: unknown IANA time zone"),
+        (raw_recording(minute_counts(DAY), timezone="../../etc/passwd"), "timezone: unknown IANA time zone"),
         (
             RawRecording(start=datetime(2024, 3, 4), timezone=NEW_YORK, epoch_seconds=60, values=[1.0] * DAY),
             "start: 2024-03-04T00:00:00 has no UTC offset",
         ),
-        (recording([*[1.0] * 1_234, -3.0, *[1.0] * DAY]), r"values\[1234\]: -3 is negative"),
-        (recording([*[1.0] * 99, float("inf"), *[1.0] * DAY]), r"values\[99\]: infinite"),
-        (recording(minute_counts(DAY), epoch_seconds=7), "epoch_seconds: 7 s does not divide a minute"),
-        (recording(minute_counts(DAY), epoch_seconds=45), "epoch_seconds: 45 s does not divide a minute"),
-        (recording(minute_counts(DAY), epoch_seconds=120), "epochs of 120 s are longer than a minute"),
-        (recording([]), "values: the recording has no epochs"),
-        (recording(["a", 1.0]), "values: every value must be a number or null"),  # type: ignore[list-item]
-        (recording(np.ones((DAY, 2))), r"values: must be a flat list"),
+        (raw_recording([*[1.0] * 1_234, -3.0, *[1.0] * DAY]), r"values\[1234\]: -3 is negative"),
+        (raw_recording([*[1.0] * 99, float("inf"), *[1.0] * DAY]), r"values\[99\]: infinite"),
+        (raw_recording(minute_counts(DAY), epoch_seconds=7), "epoch_seconds: 7 s does not divide a minute"),
+        (raw_recording(minute_counts(DAY), epoch_seconds=45), "epoch_seconds: 45 s does not divide a minute"),
+        (raw_recording(minute_counts(DAY), epoch_seconds=120), "epochs of 120 s are longer than a minute"),
+        (raw_recording([]), "values: the recording has no epochs"),
+        (raw_recording(["a", 1.0]), "values: every value must be a number or null"),  # type: ignore[list-item]
+        (raw_recording(np.ones((DAY, 2))), r"values: must be a flat list"),
     ],
     ids=[
         "too-short",
@@ -405,4 +387,4 @@ def test_invalid_recordings_are_422_saying_what_and_where(raw: RawRecording, mes
 def test_nan_is_missing_not_an_error() -> None:
     values = minute_counts(DAY)
     values[5] = np.nan
-    assert preprocess(recording(values), settings=settings()).quality.missing_minutes == 1
+    assert preprocess(raw_recording(values), settings=settings()).quality.missing_minutes == 1

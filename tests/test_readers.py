@@ -11,8 +11,8 @@ import pytest
 from pat_runner.actigraphy.preprocess import SUPPORTED_EPOCH_SECONDS, RawRecording, preprocess
 from pat_runner.actigraphy.readers import read_recording_file
 from pat_runner.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from pat_runner.settings import Settings
 from tests.data_files import SHARED_DATA, actilife_csv_bytes, agd_bytes, awd_bytes, tidy_csv_bytes
+from tests.factories import make_settings
 
 NEW_YORK = "America/New_York"
 MAX_BYTES = 32 * 2**20
@@ -22,7 +22,11 @@ WEEK = 10_080
 
 def read(data: bytes, filename: str, timezone: str = NEW_YORK, max_bytes: int = MAX_BYTES) -> RawRecording:
     return read_recording_file(
-        data, filename, timezone=timezone, max_bytes=max_bytes, max_minutes=Settings().max_recording_minutes
+        data,
+        filename,
+        timezone=timezone,
+        max_bytes=max_bytes,
+        max_minutes=make_settings().max_recording_minutes,
     )
 
 
@@ -72,7 +76,7 @@ def test_agd_start_across_dst_keeps_elapsed_epochs() -> None:
     # The device clock does not jump at 02:00; the epochs run on in elapsed time.
     recording = read(agd_bytes(datetime(2024, 3, 10, 1, 0), 60, counts(180)), "x.agd")
     assert recording.start.utcoffset() == timedelta(hours=-5)
-    minutes = preprocess(recording, settings=Settings(min_recording_minutes=60)).minutes
+    minutes = preprocess(recording, settings=make_settings(min_recording_minutes=60)).minutes
     assert minutes.index[60].isoformat() == "2024-03-10T03:00:00-04:00"
 
 
@@ -357,7 +361,7 @@ def test_real_agd_at_10_s_sums_to_the_60_s_csv() -> None:
         "model": "ActiSleepPlus",
         "serial": "MRA1DXXXXXXXX",
     }
-    pre = preprocess(recording, settings=Settings())
+    pre = preprocess(recording, settings=make_settings())
     expected = minute_sums_60s_csv()
     minutes = pre.minutes
     assert len(minutes) == len(expected) == 1_440
@@ -387,7 +391,7 @@ def test_real_dummy_chai_agd() -> None:
     assert recording.epoch_seconds == 10 and len(recording.values) == 11_159
     assert recording.start == datetime.fromisoformat("2015-05-13T07:00:00+05:30")
     assert recording.device == {"manufacturer": "ActiGraph", "model": "GT3XPlus", "serial": "NEO1D31110533"}
-    pre = preprocess(recording, settings=Settings())
+    pre = preprocess(recording, settings=make_settings())
     assert pre.quality.total_minutes == 1_860 and pre.quality.windows == 1
 
 
@@ -402,7 +406,7 @@ def test_real_awd() -> None:
         "model": "Actiwatch",
         "serial": "V00000",
     }
-    pre = preprocess(recording, settings=Settings())
+    pre = preprocess(recording, settings=make_settings())
     assert pre.quality.windows == 2 and pre.quality.dropped_minutes == 0
 
 
@@ -414,13 +418,13 @@ def test_real_actilife_csv_exports() -> None:
     assert week.device == {"manufacturer": "ActiGraph", "model": "GT3X+", "serial": "TAS1D47140221"}
     table = pd.read_csv(SHARED_DATA / "TAS1D47140221_2018-11-30_60sec.csv", skiprows=10)
     np.testing.assert_array_equal(as_array(week), table["Axis1"].to_numpy(dtype=float))
-    pre = preprocess(week, settings=Settings())
+    pre = preprocess(week, settings=make_settings())
     assert pre.quality.windows == 1 and pre.quality.padded_minutes == 0 and pre.quality.missing_minutes == 0
 
-    long = preprocess(read_real("TAS1D47140221_2019-04-11_60sec.csv"), settings=Settings())
+    long = preprocess(read_real("TAS1D47140221_2019-04-11_60sec.csv"), settings=make_settings())
     assert long.quality.total_minutes == 25_123 and long.quality.nonwear_minutes == 5_788
 
-    short = preprocess(read_real("TAS1E25150490_2018-03-28_60sec.csv"), settings=Settings())
+    short = preprocess(read_real("TAS1E25150490_2018-03-28_60sec.csv"), settings=make_settings())
     assert short.quality.total_minutes == 2_943 and short.quality.padded_minutes == WEEK - 2_943
 
 
@@ -429,7 +433,7 @@ def test_real_mostly_non_wear_recording_is_422() -> None:
     recording = read_real("TAS1E25150485_2019-01-18_60sec.csv")
     assert len(recording.values) == 44_636
     with pytest.raises(InvalidInput, match=r"of the 44,636 minutes are missing, .* non-wear zero runs"):
-        preprocess(recording, settings=Settings())
+        preprocess(recording, settings=make_settings())
 
 
 @real_files

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from bentoml.exceptions import BentoMLException
 
-from tests.payloads import recording
+from tests.factories import recording
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import BENTOML, ROOT, free_port
+from scripts.local_server import BENTOML, ROOT, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
@@ -14,6 +13,7 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import REGISTRY, generate_latest
 
 from pat_runner import telemetry
+from tests.factories import model_info
 
 
 @pytest.fixture
@@ -56,13 +56,6 @@ def test_arrays_are_refused_as_attributes() -> None:
         pass
 
 
-@dataclass(frozen=True)
-class Model:
-    tag: str = "pat-m:20250101"
-    size: str = "M"
-    demo: bool = False
-
-
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
@@ -74,7 +67,7 @@ def test_metrics_are_recorded_and_exposed() -> None:
     telemetry.record_cache_error("get")
     telemetry.record_circuit_state("open")
     telemetry.record_inference(batch_size=4, seconds=0.8)
-    telemetry.record_model_info(Model())
+    telemetry.record_model_info(model_info(tag="pat-m:20250101", size="M", demo=False))
 
     assert sample("pat_requests_total", {"endpoint": "/v1/analyze", "status": "200"}) == requests_before + 1
     assert sample("pat_request_duration_seconds_bucket", {"endpoint": "/v1/analyze", "le": "0.25"}) >= 1

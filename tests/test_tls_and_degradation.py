@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scripts.local_server import Server, cache_key_env, start_server, stop_server
 from tests.certs import self_signed
-from tests.payloads import recording
-from tests.server import Server, cache_key_env, start_server, stop_server
+from tests.factories import recording
 
 pytestmark = pytest.mark.integration
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")

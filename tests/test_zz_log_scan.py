@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.payloads import SENTINEL_VALUE
+from tests.factories import SENTINEL_VALUE
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """Recording → minute grid in absolute time → missing/non-wear mask → week windows → standardization.
 
-The rules (DESIGN.md, "HTTP API" and "The model"):
+The rules (docs/architecture.md, "Decisions so far" and "Model numerics"):
 
 * **Minute grid.** Epochs of any divisor of 60 s are summed to whole UTC minutes. A minute is missing
   (NaN) when any of its epochs is null/NaN or absent — the recording starts or ends inside it — so

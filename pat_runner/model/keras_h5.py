@@ -1,6 +1,6 @@
 """Convert PAT's Keras-2 (`tf.keras`) H5 files into PyTorch weights, with h5py only (no TensorFlow).
 
-Three layouts exist (DESIGN.md, "The model"; one of each in `shared/fixtures/pat_reference/`):
+Three layouts exist (docs/architecture.md, "H5 layouts"; one of each in `shared/fixtures/pat_reference/`):
 
 - `save_weights`: an encoder saved with `Model.save_weights`, the layout of the released
   `PAT-{S,M,L}_29k_weights.h5` — top-level `dense/dense/{kernel:0,bias:0}` and

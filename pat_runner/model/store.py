@@ -2,7 +2,7 @@
 
 A stored PAT is a BentoML model directory (`bentoml.models.create`) holding the converted PyTorch
 `state_dict` (`weights.pt`), the `PATConfig` (`config.json`) and, when imported with one, the cohort
-scaler (`scaler.npz`). Its metadata records where it came from (DESIGN.md, "Model store and weights"):
+scaler (`scaler.npz`). Its metadata records where it came from (docs/architecture.md, "H5 layouts"):
 size, layout, source file name and SHA-256, head task, dataset, scaler, converter version, demo flag.
 Importing the same file again (same bytes, scaler, task and converter version) returns the model
 already stored instead of adding a version.

@@ -1,7 +1,7 @@
 """Request and response models of the HTTP API (v1).
 
 These pydantic models are the API's manual: BentoML turns them into the OpenAPI document served at
-`/docs.json` and the Swagger UI at `/`. The shape of `/v1/analyze` is a contract (see DESIGN.md):
+`/docs.json` and the Swagger UI at `/`. The shape of `/v1/analyze` is a contract (docs/architecture.md):
 add fields freely, never rename these.
 """
 

@@ -1,0 +1,138 @@
+"""Real `bentoml serve` processes of this repository on free loopback ports, for benchmarks and tests.
+
+`start_server` gives the server a BentoML home of its own (a copy of a prepared model store), waits for
+`/readyz` and returns a handle; `stop_server` ends it. Callers pass the `PAT_*` settings they need.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cache_key_env() -> dict[str, str]:
+    """Fresh random cache encryption and HMAC keys, as the `PAT_CACHE_*` variables."""
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    return {
+        "PAT_CACHE_KEYS": f"test1:{key}",
+        "PAT_CACHE_HMAC_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
+
+
+@dataclass
+class Server:
+    url: str
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    verify: str | bool = True
+
+    def worker_pids(self, service_name: str) -> list[int]:
+        """PIDs of the BentoML worker processes serving `service_name` (children of the server)."""
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                stat = (proc / "stat").read_text()
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == self.process.pid and service_name.encode() in args:
+                pids.append(int(proc.name))
+        return pids
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self, token: str | None = None) -> str:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = httpx.get(f"{self.url}/metrics", headers=headers, verify=self.verify, timeout=30)
+        response.raise_for_status()
+        return response.text
+
+
+def prepare_store(home: Path) -> None:
+    """Import the seeded demo PAT-S into a fresh model store at `home`."""
+    subprocess.run(
+        [PYTHON, "-c", "from pat_runner.model.store import ensure_demo_model; ensure_demo_model()"],
+        cwd=ROOT,
+        env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"},
+        check=True,
+        capture_output=True,
+    )
+
+
+def start_server(
+    *, home: Path, log_path: Path, extra_env: Mapping[str, str], scheme: str = "http", timeout_s: float = 120
+) -> Server:
+    port = free_port()
+    # A home of its own per server: BentoML keeps its Prometheus multiprocess files there and clears
+    # them when a server starts, which would wipe another running server's metrics.
+    own_home = log_path.parent / f"bentoml-home-{port}"
+    shutil.copytree(home, own_home)
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(own_home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PAT_HOST": "127.0.0.1",
+        "PAT_LOG_LEVEL": "DEBUG",
+        "PAT_RUNNER_WORKERS": "1",
+        "PAT_API_WORKERS": "1",
+        **extra_env,
+    }
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [BENTOML, "serve", ".", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    verify: str | bool = extra_env.get("PAT_TLS_CERTFILE", True)
+    server = Server(
+        url=f"{scheme}://127.0.0.1:{port}", env=env, log_path=log_path, process=process, verify=verify
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{server.logs()[-5000:]}")
+        try:
+            if httpx.get(f"{server.url}/readyz", verify=verify, timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop_server(server)
+    raise RuntimeError(f"bentoml serve not ready after {timeout_s} s:\n{server.logs()[-5000:]}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
