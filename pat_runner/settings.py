@@ -10,6 +10,7 @@ arguments win over the environment) or call `get_settings.cache_clear()` after c
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,12 @@ class Settings(BaseSettings):
     max_missing_fraction: float = Field(0.5, ge=0, le=1)
     # runs of exact zeros at least this long are non-wear (missing); 0 disables
     nonwear_zero_run_minutes: int = Field(1_440, ge=0)
+
+    # clinical metrics
+    # non-wear rule of the days and nights unless a request names one (pat_runner.actigraphy.wear)
+    nonwear_algorithm: Literal["choi", "troiano"] = Field("choi")
+    # a night is scored when at least this fraction of its noon-to-noon window has data
+    min_night_coverage: float = Field(0.9, gt=0, le=1)
 
     # request limits
     max_request_bytes: int = Field(16 * 2**20, ge=1)

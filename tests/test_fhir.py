@@ -49,7 +49,8 @@ def week(tz: str = "America/New_York", seed: int = 0) -> pd.Series:
         first.tz_convert("UTC") + pd.to_timedelta(np.arange(10_080), unit="min")
     ).tz_convert(tz)
     awake = (index.hour >= 7) & (index.hour < 23)
-    values = np.where(awake, rng.gamma(2.0, 300.0, index.size), 0.0)
+    # A worn wrist at rest still gives the odd count; hours of exact zeros would be non-wear.
+    values = np.where(awake, rng.gamma(2.0, 300.0, index.size), rng.poisson(0.5, index.size))
     return pd.Series(np.round(values), index=index)
 
 

@@ -49,7 +49,7 @@ from pat_runner.model import WEEK_MINUTES
 from pat_runner.settings import Settings
 
 #: Bump whenever the same input gives different outputs (it is part of the result-cache key).
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 SUPPORTED_EPOCH_SECONDS = tuple(s for s in range(1, 61) if 60 % s == 0)
 _CANONICAL_FORMAT = "pat-minutes/1"
 _CANONICAL_NAN = np.frombuffer(b"\x00\x00\x00\x00\x00\x00\xf8\x7f", dtype="<f8")[0]
@@ -443,6 +443,7 @@ def _canonical_bytes(
         "window_stride_minutes": settings.window_stride_minutes,
         "window_tail_minutes": settings.min_recording_minutes,
         "nonwear_zero_run_minutes": settings.nonwear_zero_run_minutes,
+        "min_night_coverage": settings.min_night_coverage,
     }
     # One NaN bit pattern and little-endian floats, so equal minutes always give equal bytes.
     body = np.where(np.isnan(sums), _CANONICAL_NAN, sums).astype("<f8").tobytes()

@@ -21,6 +21,7 @@ from pat_runner import telemetry
 from pat_runner.actigraphy.fhir import build_bundle
 from pat_runner.actigraphy.metrics import ActigraphyMetrics, actigraphy_metrics
 from pat_runner.actigraphy.preprocess import PIPELINE_VERSION, Preprocessed, RawRecording, preprocess
+from pat_runner.actigraphy.wear import NonwearAlgorithm
 from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import ModelUnavailable
 from pat_runner.model import WEEK_MINUTES
@@ -127,13 +128,26 @@ class Analyzer:
         # FHIR carries PAT only as the head's RiskAssessment; an encoder-only model adds nothing there.
         return "pat" in outputs or ("fhir" in outputs and self.model.summary.head_task is not None)
 
+    def _nonwear_algorithm(self, options: AnalyzeOptions) -> NonwearAlgorithm:
+        return options.nonwear_algorithm or self.settings.nonwear_algorithm
+
+    def _metric_options(self, options: AnalyzeOptions) -> bytes:
+        """The options that change the metrics, for the cache key."""
+        chosen = (options.sleep_algorithm, options.sleep_period_algorithm, self._nonwear_algorithm(options))
+        return "|".join(chosen).encode()
+
     async def _compute(self, pre: Preprocessed, raw: RawRecording, options: AnalyzeOptions) -> dict[str, Any]:
         metrics = None
         if "metrics" in options.outputs or "fhir" in options.outputs:
             with telemetry.span("metrics", minutes=len(pre.minutes)):
                 metrics = await anyio.to_thread.run_sync(
                     lambda: actigraphy_metrics(
-                        pre.minutes, unit=raw.unit, sleep_method=options.sleep_algorithm
+                        pre.minutes,
+                        unit=raw.unit,
+                        sleep_method=options.sleep_algorithm,
+                        sleep_period_algorithm=options.sleep_period_algorithm,
+                        nonwear_algorithm=self._nonwear_algorithm(options),
+                        min_night_coverage=self.settings.min_night_coverage,
                     )
                 )
         pat = await self.run_pat(pre, per_patch=False) if self._needs_model(options.outputs) else None
@@ -150,7 +164,7 @@ class Analyzer:
         raw = to_raw(recording)
         pre = await self.preprocess(raw, audit)
         key = self.cache.make_key(
-            canonical_input=pre.canonical_bytes() + options.sleep_algorithm.encode(),
+            canonical_input=pre.canonical_bytes() + self._metric_options(options),
             model_tag=self.model.summary.tag,
             pipeline_version=PIPELINE_VERSION,
             outputs=sorted(options.outputs),

@@ -16,6 +16,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from pat_runner.actigraphy.fhir import DeviceInfo
 from pat_runner.actigraphy.metrics import ActigraphyMetrics
 from pat_runner.actigraphy.preprocess import QualityReport
+from pat_runner.actigraphy.sleep import SleepPeriodAlgorithm
+from pat_runner.actigraphy.wear import NonwearAlgorithm
 
 Output = Literal["metrics", "pat", "fhir"]
 Unit = Literal["counts", "steps", "other"]
@@ -99,6 +101,16 @@ class AnalyzeOptions(_Strict):
     )
     sleep_algorithm: Literal["cole_kripke", "sadeh"] = Field(
         "cole_kripke", description="Sleep/wake scoring algorithm for the sleep metrics."
+    )
+    sleep_period_algorithm: SleepPeriodAlgorithm = Field(
+        "tudor_locke",
+        description="Sleep-period rule: `tudor_locke` (ActiLife's Tudor-Locke Default: 5 sleep minutes "
+        "start, 10 wake minutes end, 160-1,440 min) or `actigraph` (ActiGraph's variant: 12 wake minutes).",
+    )
+    nonwear_algorithm: NonwearAlgorithm | None = Field(
+        None,
+        description="Non-wear rule shared by days and nights: `choi` (Choi 2011) or `troiano` (Troiano "
+        "2008); null: the service's default (`PAT_NONWEAR_ALGORITHM`).",
     )
 
 

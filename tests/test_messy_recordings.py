@@ -1,0 +1,142 @@
+"""Messy real recordings (issue 10): non-wear vs sleep, nearly complete nights, device clocks across DST,
+stray rows, skipped calendar days, high-rate recordings.
+
+Each test reproduces one defect of the code before the fix on a real file where one is named
+(`../shared/data/actigraphy/`) or on the smallest synthetic recording that shows it.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pat_runner.actigraphy.metrics import ActigraphyMetrics, actigraphy_metrics
+from pat_runner.actigraphy.preprocess import preprocess
+from pat_runner.actigraphy.readers import read_recording_file
+from pat_runner.actigraphy.sleep import sleep_periods
+from pat_runner.actigraphy.wear import choi_nonwear, nonwear_mask
+from pat_runner.settings import Settings
+from tests.data_files import SHARED_DATA
+
+SETTINGS = Settings().replace(redis_url="", cache_keys="", cache_hmac_key="")
+DAY = 1440
+needs_shared = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"real device files not found at {SHARED_DATA} (shared/ checkout absent)"
+)
+
+
+def analyse_file(data: bytes, name: str, timezone: str = "UTC", **options: object) -> ActigraphyMetrics:
+    """What `/v1/analyze/file` computes for the metrics: reader → preprocessing → metrics."""
+    raw = read_recording_file(
+        data,
+        name,
+        timezone=timezone,
+        max_bytes=SETTINGS.max_upload_bytes,
+        max_minutes=SETTINGS.max_recording_minutes,
+    )
+    pre = preprocess(raw, settings=SETTINGS)
+    return actigraphy_metrics(pre.minutes, **options)  # type: ignore[arg-type]
+
+
+def assert_nights_respect_nonwear(metrics: ActigraphyMetrics, series: pd.Series) -> None:
+    """No sleep period longer than 24 h, none overlapping non-wear, minutes add up in every night/day."""
+    nonwear = nonwear_mask(series.to_numpy(dtype=np.float64), metrics.nonwear_algorithm)
+    for night in metrics.nights:
+        assert night.observed_minutes + night.missing_minutes == night.window_minutes
+        if night.sleep_onset is None or night.sleep_offset is None:
+            assert night.reason
+            continue
+        assert night.sleep_offset - night.sleep_onset <= timedelta(minutes=DAY)
+        inside = (series.index >= night.sleep_onset) & (series.index < night.sleep_offset)
+        assert not nonwear[inside].any(), night.night_of
+    for day in metrics.days:
+        assert day.observed_minutes + day.missing_minutes == day.total_minutes
+
+
+# --- 1. non-wear is not sleep -----------------------------------------------------------------------
+
+
+def test_choi_rule() -> None:
+    worn = np.full(5, 500.0)
+    assert choi_nonwear(np.r_[worn, np.zeros(90), worn]).sum() == 90
+    assert choi_nonwear(np.r_[worn, np.zeros(89), worn]).sum() == 0
+    # A 2-minute artefact with 30 zero minutes on both sides stays inside the non-wear period.
+    spike = np.r_[worn, np.zeros(30), [800.0, 20.0], np.zeros(58), worn]
+    assert choi_nonwear(spike).sum() == 90
+    assert choi_nonwear(np.r_[worn, np.zeros(30), [800.0, 20.0, 5.0], np.zeros(58), worn]).sum() == 0
+    # Only 29 zero minutes before it: the spike is wear, and neither zero run reaches 90 minutes.
+    assert choi_nonwear(np.r_[worn, np.zeros(29), [800.0, 20.0], np.zeros(89), worn]).sum() == 0
+    # A gap (NaN) inside a zero run does not make the device worn.
+    assert choi_nonwear(np.r_[worn, np.zeros(50), np.full(50, np.nan), worn]).sum() == 100
+
+
+def test_sleep_period_never_spans_nonwear_nor_exceeds_a_day() -> None:
+    asleep = np.ones(2000, dtype=bool)
+    assert sleep_periods(asleep) == []  # 2,000 min is longer than ActiLife's 1,440-min cap
+    breaks = np.zeros(2000, dtype=bool)
+    breaks[1000:1100] = True
+    assert sleep_periods(asleep, breaks=breaks) == [(0, 1000), (1100, 2000)]
+
+
+@needs_shared
+def test_real_recording_device_on_a_table_is_not_sleep() -> None:
+    # Nights of 2019-02-13 and 02-15 came out as 1,103 and 1,810 min of sleep at 100 % efficiency.
+    path = SHARED_DATA / "TAS1D47140221_2019-04-11_60sec.csv"
+    metrics = analyse_file(path.read_bytes(), path.name)
+    assert metrics.nonwear_algorithm == "choi"
+    nights = {night.night_of: night for night in metrics.nights}
+    for day in (date(2019, 2, 13), date(2019, 2, 15)):
+        night = nights[day]
+        assert night.total_sleep_minutes is None and night.sleep_efficiency_percent is None
+        assert night.reason == "most of the night window is non-wear" and night.nonwear_minutes > 720
+    scored = [n for n in metrics.nights if n.total_sleep_minutes is not None]
+    assert len(scored) >= 8 and all(n.total_sleep_minutes <= DAY for n in scored)
+    raw = read_recording_file(
+        path.read_bytes(), path.name, timezone="UTC", max_bytes=2**30, max_minutes=10**6
+    )
+    series = preprocess(raw, settings=SETTINGS).minutes
+    assert_nights_respect_nonwear(metrics, series)
+    # The days use the same mask as the nights.
+    mask = nonwear_mask(series.to_numpy(dtype=np.float64), "choi")
+    assert sum(d.nonwear_minutes or 0 for d in metrics.days) == int(mask.sum())
+
+
+def off_wrist_week() -> pd.Series:
+    """A week worn day and night except three days off the wrist with a 1-count blip every 6 hours."""
+    index = pd.date_range("2024-05-06", periods=7 * DAY, freq="min", tz="UTC")
+    rng = np.random.default_rng(3)
+    awake = (index.hour >= 7) & (index.hour < 23)
+    values = np.where(awake, rng.gamma(2.0, 300.0, index.size), rng.poisson(1.0, index.size)).round()
+    off = slice(2 * DAY, 5 * DAY)
+    values[off] = 0.0
+    values[off][3 * 60 :: 6 * 60] = 1.0
+    return pd.Series(values, index=index)
+
+
+@pytest.mark.parametrize("algorithm", ["choi", "troiano"])
+def test_three_days_off_the_wrist_are_no_night(algorithm: str) -> None:
+    # Before: one "night" of 4,319 sleep minutes while the days marked the same minutes as not worn.
+    series = off_wrist_week()
+    metrics = actigraphy_metrics(series, nonwear_algorithm=algorithm)  # type: ignore[arg-type]
+    assert metrics.nonwear_algorithm == algorithm
+    assert_nights_respect_nonwear(metrics, series)
+    for night in metrics.nights:
+        if date(2024, 5, 8) <= night.night_of <= date(2024, 5, 10):
+            assert night.total_sleep_minutes is None and "non-wear" in (night.reason or "")
+    off_days = [d for d in metrics.days if date(2024, 5, 8) <= d.date <= date(2024, 5, 10)]
+    assert all(d.nonwear_minutes == DAY and d.wear_minutes == 0 for d in off_days)
+    # The worn nights either side are scored (05-07 ends in non-wear an hour after bedtime).
+    scored = {n.night_of for n in metrics.nights if n.total_sleep_minutes is not None}
+    assert scored == {date(2024, 5, 6), date(2024, 5, 11)}
+
+
+# --- sleep-period algorithm choice ---------------------------------------------------------------
+
+
+def test_actigraph_variant_needs_twelve_wake_minutes() -> None:
+    flags = np.array([False] * 20 + [True] * 100 + [False] * 11 + [True] * 100 + [False] * 30)
+    assert sleep_periods(flags, "tudor_locke") == []  # 11 wake minutes end it, both halves < 160
+    assert sleep_periods(flags, "actigraph") == [(20, 231)]
