@@ -59,7 +59,7 @@ class Settings(BaseSettings):
 
     # clinical metrics
     # non-wear rule of the days and nights unless a request names one (pat_runner.actigraphy.wear)
-    nonwear_algorithm: Literal["choi", "troiano"] = Field("choi")
+    nonwear_algorithm: Literal["choi", "troiano", "none"] = Field("choi")
     # a night is scored when at least this fraction of its noon-to-noon window has data
     min_night_coverage: float = Field(0.9, gt=0, le=1)
 

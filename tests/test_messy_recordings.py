@@ -140,3 +140,50 @@ def test_actigraph_variant_needs_twelve_wake_minutes() -> None:
     flags = np.array([False] * 20 + [True] * 100 + [False] * 11 + [True] * 100 + [False] * 30)
     assert sleep_periods(flags, "tudor_locke") == []  # 11 wake minutes end it, both halves < 160
     assert sleep_periods(flags, "actigraph") == [(20, 231)]
+
+
+# --- 3. a nearly complete night is scored ---------------------------------------------------------
+
+
+@needs_shared
+def test_real_night_ending_before_noon_is_scored_like_actilife() -> None:
+    # ActiLife 6 scores this GT3X+ night (recording ends at 11:53, before the window's noon); it was
+    # "not fully inside the recording" before.
+    export = pd.read_csv(SHARED_DATA / "GT3XPlus-RawData-Day01-Sadeh.csv")
+    stamps = pd.to_datetime(export["Date"] + " " + export["Time"], format="%m/%d/%Y %I:%M %p")
+    lines = ["timestamp,axis1"] + [
+        f"{moment:%Y-%m-%dT%H:%M:%S},{count}" for moment, count in zip(stamps, export["Axis1"], strict=True)
+    ]
+    data = ("\n".join(lines) + "\n").encode()
+    expected = pd.read_csv(SHARED_DATA / "GT3XPlus-RawData-Day01-sleep-periods.csv").iloc[0]
+    assert expected["period_algorithm"] == "Tudor-Locke Default" and expected["sleep_algorithm"] == "Sadeh"
+    # Choi finds 157 still minutes from 00:00 (non-wear by its rule): the night is scored, from 02:37.
+    choi = analyse_file(data, "gt3x.csv", "America/Chicago", sleep_method="sadeh")
+    choi_night = next(n for n in choi.nights if n.night_of == date(2012, 6, 27))
+    assert choi_night.reason is None and choi_night.nonwear_minutes == 157
+    assert choi_night.sleep_onset is not None and f"{choi_night.sleep_onset:%H:%M}" == "02:37"
+    # ActiLife's sleep scoring applies no wear-time rule: without one the night is ActiLife's, exactly.
+    metrics = analyse_file(
+        data, "gt3x.csv", "America/Chicago", sleep_method="sadeh", nonwear_algorithm="none"
+    )
+    night = next(n for n in metrics.nights if n.night_of == date(2012, 6, 27))
+    assert night.reason is None
+    assert 90 <= night.coverage_percent < 100 and night.missing_minutes == 6
+    assert night.sleep_onset is not None and night.sleep_offset is not None
+    assert night.sleep_onset.replace(tzinfo=None) == pd.Timestamp(expected["in_bed_time"]).tz_localize(None)
+    assert night.sleep_offset.replace(tzinfo=None) == pd.Timestamp(expected["out_bed_time"]).tz_localize(None)
+    assert night.total_sleep_minutes == expected["total_sleep_time"] == 442
+    assert night.wake_after_sleep_onset_minutes == expected["wake_after_onset"]
+    assert night.awakenings == expected["nb_awakenings"]
+    assert night.sleep_efficiency_percent == pytest.approx(expected["efficiency"], abs=0.005)
+
+
+def test_night_coverage_threshold_is_reported_and_configurable() -> None:
+    series = off_wrist_week().iloc[: 6 * DAY + 11 * 60]  # ends at 11:00, an hour before noon
+    last = actigraphy_metrics(series).nights[-1]
+    assert last.night_of == date(2024, 5, 11) and last.coverage_percent == pytest.approx(
+        100 * 1380 / DAY, abs=0.01
+    )
+    assert last.total_sleep_minutes is not None
+    strict = actigraphy_metrics(series, min_night_coverage=0.99).nights[-1]
+    assert strict.total_sleep_minutes is None and "99%" in (strict.reason or "")

@@ -177,7 +177,8 @@ class ActigraphyMetrics(BaseModel):
         description="Sleep-period rule: `tudor_locke` (ActiLife Tudor-Locke Default) or `actigraph`.",
     )
     nonwear_algorithm: NonwearAlgorithm = Field(
-        "choi", description="Non-wear rule shared by `days` and `nights`: `choi` (2011) or `troiano` (2008)."
+        "choi",
+        description="Non-wear rule shared by `days` and `nights`: `choi` (2011), `troiano` (2008) or `none`.",
     )
     nights: list[NightSleep] = Field(default_factory=list, description="Per-night sleep measures.")
     days: list[DayActivity] = Field(default_factory=list, description="Per-day wear and intensity minutes.")

@@ -12,6 +12,10 @@
 Missing minutes (NaN: null epochs, partial minutes, and the day-long zero runs preprocessing already
 took as off-wrist) count as zero counts here: a gap inside a zero run does not make the device worn,
 and a gap of at least the rule's length is itself non-wear. A sleep period never spans non-wear.
+
+`none` turns detection off (only preprocessing's day-long zero runs remain off-wrist). ActiLife's
+sleep scoring does not apply its wear-time validation, so `none` reproduces its sleep exports; with
+`choi`, a still sleeper on a hip-worn device (90+ min of exact zeros) loses that part of the night.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from typing import Literal
 
 import numpy as np
 
-NonwearAlgorithm = Literal["choi", "troiano"]
-NONWEAR_ALGORITHMS: tuple[NonwearAlgorithm, ...] = ("choi", "troiano")
+NonwearAlgorithm = Literal["choi", "troiano", "none"]
+NONWEAR_ALGORITHMS: tuple[NonwearAlgorithm, ...] = ("choi", "troiano", "none")
 
 NONWEAR_METHOD_TEXT: dict[NonwearAlgorithm, str] = {
     "choi": "Choi et al. 2011 (90-min zero-count window, 2-min spike tolerance, 30-min zeros around it)",
     "troiano": "Troiano et al. 2008 (60-min zero-count window, up to 2 min of 1-100 counts)",
+    "none": "none (every minute with data counts as worn, as in ActiLife's sleep scoring alone)",
 }
 
 CHOI_MIN_PERIOD_MINUTES = 90
@@ -112,4 +117,6 @@ def nonwear_mask(counts: np.ndarray, algorithm: NonwearAlgorithm) -> np.ndarray:
         return choi_nonwear(counts)
     if algorithm == "troiano":
         return troiano_nonwear(counts)
+    if algorithm == "none":
+        return np.zeros(np.asarray(counts).size, dtype=bool)
     raise ValueError(f"unknown non-wear algorithm {algorithm!r}; use one of {', '.join(NONWEAR_ALGORITHMS)}")

@@ -109,8 +109,9 @@ class AnalyzeOptions(_Strict):
     )
     nonwear_algorithm: NonwearAlgorithm | None = Field(
         None,
-        description="Non-wear rule shared by days and nights: `choi` (Choi 2011) or `troiano` (Troiano "
-        "2008); null: the service's default (`PAT_NONWEAR_ALGORITHM`).",
+        description="Non-wear rule shared by days and nights: `choi` (Choi 2011), `troiano` (Troiano "
+        "2008) or `none` (as ActiLife's sleep scoring); null: the service's default "
+        "(`PAT_NONWEAR_ALGORITHM`).",
     )
 
 
