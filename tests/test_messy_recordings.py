@@ -7,17 +7,19 @@ Each test reproduces one defect of the code before the fix on a real file where 
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from pat_runner.actigraphy.metrics import ActigraphyMetrics, actigraphy_metrics
-from pat_runner.actigraphy.preprocess import preprocess
+from pat_runner.actigraphy.preprocess import Preprocessed, preprocess
 from pat_runner.actigraphy.readers import read_recording_file
 from pat_runner.actigraphy.sleep import sleep_periods
 from pat_runner.actigraphy.wear import choi_nonwear, nonwear_mask
+from pat_runner.errors import InvalidInput
 from pat_runner.settings import Settings
 from tests.data_files import SHARED_DATA
 
@@ -187,3 +189,88 @@ def test_night_coverage_threshold_is_reported_and_configurable() -> None:
     assert last.total_sleep_minutes is not None
     strict = actigraphy_metrics(series, min_night_coverage=0.99).nights[-1]
     assert strict.total_sleep_minutes is None and "99%" in (strict.reason or "")
+
+
+# --- 5. one stray row ------------------------------------------------------------------------------
+
+
+def tidy_csv(moments: list[datetime], values: np.ndarray) -> bytes:
+    lines = ["timestamp,axis1"] + [
+        f"{moment:%Y-%m-%dT%H:%M:%S},{value:g}" for moment, value in zip(moments, values, strict=True)
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_stray_row_does_not_redefine_the_epoch_and_is_named() -> None:
+    # Before: the epoch came from the smallest step (30 s) and the 422 said 99.9 % of minutes were missing.
+    start = datetime(2024, 5, 6, 12, 0)
+    moments = [start + timedelta(minutes=i) for i in range(2 * DAY)]
+    moments.insert(101, start + timedelta(minutes=100, seconds=30))
+    data = tidy_csv(moments, np.full(len(moments), 50.0))
+    with pytest.raises(InvalidInput, match=r"^line 103: the timestamp is not on the 60-s epoch grid .*1 row"):
+        read_recording_file(data, "x.csv", timezone="UTC", max_bytes=2**30, max_minutes=10**6)
+    many = list(moments)
+    for k in range(7):
+        many.insert(300 + 10 * k, start + timedelta(minutes=290 + 9 * k, seconds=15))
+    with pytest.raises(InvalidInput, match=r"line 103, line 302, .* and 3 more: .*8 row"):
+        read_recording_file(
+            tidy_csv(many, np.full(len(many), 50.0)),
+            "x.csv",
+            timezone="UTC",
+            max_bytes=2**30,
+            max_minutes=10**6,
+        )
+
+
+# --- 2. naive local clock across spring-forward ---------------------------------------------------
+
+
+def local_clock_recording(clock_follows_dst: bool, extra_gap_at: int | None = None) -> tuple[bytes, int]:
+    """Three nights around 2024-03-10 in New York: awake 07:00–23:00, asleep otherwise, by the wall clock
+    of the wearer. The device writes its own clock: one that follows DST jumps 01:59 → 03:00."""
+    zone = ZoneInfo("America/New_York")
+    first = datetime(2024, 3, 8, 12, 0, tzinfo=zone)
+    # Elapsed minutes in UTC (aware datetime arithmetic in a zone would step the wall clock).
+    instants = [first.astimezone(UTC) + timedelta(minutes=i) for i in range(3 * DAY)]
+    wall = [moment.astimezone(zone) for moment in instants]
+    rng = np.random.default_rng(5)
+    awake = np.array([7 <= moment.hour < 23 for moment in wall])
+    values = np.where(awake, rng.gamma(2.0, 300.0, awake.size), rng.poisson(1.0, awake.size)).round()
+    if clock_follows_dst:
+        clock = [moment.replace(tzinfo=None) for moment in wall]
+    else:
+        clock = [first.replace(tzinfo=None) + timedelta(minutes=i) for i in range(3 * DAY)]
+    if extra_gap_at is not None:
+        del clock[extra_gap_at : extra_gap_at + 60]
+        values = np.delete(values, np.s_[extra_gap_at : extra_gap_at + 60])
+    return tidy_csv(clock, values), len(clock)
+
+
+def read_and_prepare(data: bytes, timezone: str) -> tuple[Preprocessed, ActigraphyMetrics]:
+    raw = read_recording_file(data, "x.csv", timezone=timezone, max_bytes=2**30, max_minutes=10**6)
+    pre = preprocess(raw, settings=SETTINGS)
+    return pre, actigraphy_metrics(pre.minutes)
+
+
+def test_local_clock_that_springs_forward_is_continuous() -> None:
+    # Before: 60 invented missing minutes and the night of 03-09 slept 00:00–08:00 instead of 23:00–07:00.
+    data, _ = local_clock_recording(clock_follows_dst=True)
+    pre, metrics = read_and_prepare(data, "America/New_York")
+    assert pre.quality.missing_minutes == 0 and pre.quality.total_minutes == 3 * DAY
+    night = next(n for n in metrics.nights if n.night_of == date(2024, 3, 9))
+    assert night.sleep_onset is not None and night.sleep_offset is not None
+    assert night.sleep_onset.hour == 23 and night.sleep_offset.hour in (6, 7)
+    assert night.window_minutes == DAY - 60
+
+
+def test_other_clock_jumps_stay_gaps_and_nothing_is_shifted() -> None:
+    # A device on standard time all along: its elapsed clock is already continuous.
+    data, _ = local_clock_recording(clock_follows_dst=False)
+    pre, _ = read_and_prepare(data, "America/New_York")
+    assert pre.quality.missing_minutes == 0
+    # An hour of data lost on 03-08 (not at the transition) is an hour missing, not a DST change.
+    data, _ = local_clock_recording(clock_follows_dst=True, extra_gap_at=600)
+    pre, metrics = read_and_prepare(data, "America/New_York")
+    assert pre.quality.missing_minutes == 60 and pre.quality.total_minutes == 3 * DAY
+    night = next(n for n in metrics.nights if n.night_of == date(2024, 3, 9))
+    assert night.sleep_onset is not None and night.sleep_onset.hour == 23
