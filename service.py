@@ -12,14 +12,15 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
-from pydantic import Field
+from pydantic import Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pat_runner import telemetry
-from pat_runner.actigraphy.readers import read_recording_file
+from pat_runner.actigraphy.readers import NO_TIMEZONE_WARNING, read_recording_file
+from pat_runner.actigraphy.sleep import SleepMethod, SleepPeriodAlgorithm
 from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import InvalidInput, PayloadTooLarge, ServiceError
 from pat_runner.serving.audit import AuditMiddleware, configure_logging
@@ -161,19 +162,23 @@ class PATService:
         self,
         ctx: bentoml.Context,
         file: Path,
-        timezone: str = "UTC",
+        timezone: str = "",
         subject: Annotated[str, Field(pattern=f"^$|{SUBJECT_PATTERN}")] = "",
         outputs: list[Output] = DEFAULT_ANALYZE.outputs,
+        sleep_algorithm: SleepMethod = DEFAULT_ANALYZE.sleep_algorithm,
+        sleep_period_algorithm: SleepPeriodAlgorithm = DEFAULT_ANALYZE.sleep_period_algorithm,
+        nonwear_algorithm: Annotated[str, Field(pattern="^(|choi|troiano|none)$")] = "",
     ) -> AnalyzeResponse:
         """Analyse a device export uploaded as multipart/form-data: ActiGraph `.agd` or CSV, Actiwatch
-        `.awd`. Timestamps in the file are read as local clock time in `timezone`."""
+        `.awd`. Timestamps in the file are read as local clock time in `timezone` (UTC, with a warning,
+        when it is not given); an empty `nonwear_algorithm` is the service's default."""
         state = _state(ctx)
         try:
             data = file.read_bytes()
             raw = read_recording_file(
                 data,
                 file.name,
-                timezone=timezone,
+                timezone=timezone or "UTC",
                 max_bytes=settings.max_upload_bytes,
                 max_minutes=settings.max_recording_minutes,
             )
@@ -188,13 +193,28 @@ class PATService:
                     "device": raw.device,
                 }
             )
-            options = AnalyzeOptions(outputs=outputs)
+            options = AnalyzeOptions(
+                outputs=outputs,
+                sleep_algorithm=sleep_algorithm,
+                sleep_period_algorithm=sleep_period_algorithm,
+                nonwear_algorithm=nonwear_algorithm or None,
+            )
             state["audit"]["upload_bytes"] = len(data)
-            return await self.analyzer.analyze(
+            response = await self.analyzer.analyze(
                 recording, options, request_id=state["request_id"], audit=state["audit"]
             )
+            if not timezone:
+                response.warnings = [*response.warnings, NO_TIMEZONE_WARNING]
+            return response
         except ServiceError as exc:
             return _fail(ctx, exc)
+        except ValidationError as exc:
+            # The service's own message ("where: what"), not pydantic's multi-line text.
+            problems = "; ".join(
+                f"{'.'.join(map(str, error['loc'])) or 'file'}: {error['msg']}"
+                for error in exc.errors(include_url=False, include_input=False)
+            )
+            return _fail(ctx, InvalidInput(problems))
         except ValueError as exc:
             return _fail(ctx, InvalidInput(str(exc)))
 

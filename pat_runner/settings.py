@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pat_runner.model import WEEK_MINUTES
 
 DEMO_MODEL_NAME = "pat-demo"
+#: Longest recording any configuration may accept; the API schema's `values` cap follows from it.
+MAX_RECORDING_MINUTES_CAP = 12 * WEEK_MINUTES
 
 
 class SettingsError(ValueError):
@@ -52,7 +54,7 @@ class Settings(BaseSettings):
     # preprocessing limits
     window_stride_minutes: int = Field(WEEK_MINUTES, ge=1)
     min_recording_minutes: int = Field(1_440, ge=1)
-    max_recording_minutes: int = Field(8 * WEEK_MINUTES, ge=1)
+    max_recording_minutes: int = Field(8 * WEEK_MINUTES, ge=1, le=MAX_RECORDING_MINUTES_CAP)
     max_missing_fraction: float = Field(0.5, ge=0, le=1)
     # runs of exact zeros at least this long are non-wear (missing); 0 disables
     nonwear_zero_run_minutes: int = Field(1_440, ge=0)

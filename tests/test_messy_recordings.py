@@ -51,7 +51,10 @@ def assert_nights_respect_nonwear(metrics: ActigraphyMetrics, series: pd.Series)
         if night.sleep_onset is None or night.sleep_offset is None:
             assert night.reason
             continue
-        assert night.sleep_offset - night.sleep_onset <= timedelta(minutes=DAY)
+        # In UTC: Python subtracts two datetimes of one zone on the wall clock.
+        assert night.sleep_offset.astimezone(UTC) - night.sleep_onset.astimezone(UTC) <= timedelta(
+            minutes=DAY
+        )
         inside = (series.index >= night.sleep_onset) & (series.index < night.sleep_offset)
         assert not nonwear[inside].any(), night.night_of
     for day in metrics.days:
@@ -274,3 +277,31 @@ def test_other_clock_jumps_stay_gaps_and_nothing_is_shifted() -> None:
     assert pre.quality.missing_minutes == 60 and pre.quality.total_minutes == 3 * DAY
     night = next(n for n in metrics.nights if n.night_of == date(2024, 3, 9))
     assert night.sleep_onset is not None and night.sleep_onset.hour == 23
+
+
+# --- 6. a day the zone skips ------------------------------------------------------------------------
+
+
+def wall_clock_rest_activity(zone_name: str, first_local: datetime, minutes: int, seed: int) -> pd.Series:
+    """Awake 07:00–23:00 by the wearer's wall clock, asleep otherwise, one value per elapsed minute."""
+    zone = ZoneInfo(zone_name)
+    start = first_local.replace(tzinfo=zone).astimezone(UTC)
+    index = pd.date_range(start, periods=minutes, freq="min").tz_convert(zone_name)
+    rng = np.random.default_rng(seed)
+    awake = (index.hour >= 7) & (index.hour < 23)
+    values = np.where(awake, rng.gamma(2.0, 300.0, minutes), rng.poisson(1.0, minutes)).round()
+    return pd.Series(values, index=index)
+
+
+def test_nights_follow_the_zones_real_calendar() -> None:
+    # Pacific/Apia skipped 2011-12-30. Before: a night dated 12-30 and the night of 12-29 cut to 12 h.
+    series = wall_clock_rest_activity("Pacific/Apia", datetime(2011, 12, 26, 12, 0), 6 * DAY, seed=6)
+    metrics = actigraphy_metrics(series)
+    assert date(2011, 12, 30) not in {n.night_of for n in metrics.nights}
+    assert date(2011, 12, 30) not in {d.date for d in metrics.days}
+    night = next(n for n in metrics.nights if n.night_of == date(2011, 12, 29))
+    assert night.window_minutes == DAY and night.window_end.date() == date(2011, 12, 31)
+    assert night.sleep_onset is not None and night.sleep_offset is not None
+    assert night.sleep_onset.hour == 23 and night.sleep_offset.date() == date(2011, 12, 31)
+    assert night.total_sleep_minutes is not None and night.total_sleep_minutes > 400
+    assert_nights_respect_nonwear(metrics, series)

@@ -59,6 +59,11 @@ AWD_EPOCH_CODES = {"1": 15, "2": 30, "4": 60, "8": 120, "20": 300, "81": 2, "C1"
 DOTNET_EPOCH = datetime(1, 1, 1)
 TICKS_PER_SECOND = 10_000_000
 OFF_GRID_ROWS_NAMED = 5
+NO_TIMEZONE_WARNING = (
+    "no timezone was given: the file's clock times were read as UTC, but device clocks are usually "
+    "local time; send the wearer's IANA zone (e.g. timezone=America/New_York) for correct clock-time "
+    "metrics and nights"
+)
 SUPPORTED_FORMATS = "ActiGraph .agd, ActiGraph ActiLife CSV export, timestamp/axis1 CSV, Actiwatch .awd"
 
 _DOTNET_DATE_TOKENS = {"yyyy": "%Y", "MM": "%m", "M": "%m", "dd": "%d", "d": "%d", "MMM": "%b"}
