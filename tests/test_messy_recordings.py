@@ -7,12 +7,14 @@ Each test reproduces one defect of the code before the fix on a real file where 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from pat_runner.actigraphy.metrics import ActigraphyMetrics, actigraphy_metrics
 from pat_runner.actigraphy.preprocess import Preprocessed, preprocess
@@ -20,7 +22,8 @@ from pat_runner.actigraphy.readers import read_recording_file
 from pat_runner.actigraphy.sleep import sleep_periods
 from pat_runner.actigraphy.wear import choi_nonwear, nonwear_mask
 from pat_runner.errors import InvalidInput
-from pat_runner.settings import Settings
+from pat_runner.serving.schemas import Recording
+from pat_runner.settings import MAX_RECORDING_MINUTES_CAP, Settings
 from tests.data_files import SHARED_DATA
 
 SETTINGS = Settings().replace(redis_url="", cache_keys="", cache_hmac_key="")
@@ -305,3 +308,16 @@ def test_nights_follow_the_zones_real_calendar() -> None:
     assert night.sleep_onset.hour == 23 and night.sleep_offset.date() == date(2011, 12, 31)
     assert night.total_sleep_minutes is not None and night.total_sleep_minutes > 400
     assert_nights_respect_nonwear(metrics, series)
+
+
+# --- 4. the length limit is in minutes ------------------------------------------------------------
+
+
+def test_values_cap_follows_minutes_times_epochs_per_minute() -> None:
+    week_at_1s = {"start": "2024-05-06T00:00:00Z", "timezone": "UTC", "epoch_seconds": 1}
+    # Strictly, from JSON, as the API validates it.
+    week = Recording.model_validate_json(json.dumps({**week_at_1s, "values": [0.0] * (7 * DAY * 60)}))
+    assert len(week.values) == 7 * DAY * 60
+    minute_epochs = {**week_at_1s, "epoch_seconds": 60, "values": [0.0] * (MAX_RECORDING_MINUTES_CAP + 1)}
+    with pytest.raises(ValidationError, match=f"more than {MAX_RECORDING_MINUTES_CAP:,} minutes"):
+        Recording.model_validate_json(json.dumps(minute_epochs))
