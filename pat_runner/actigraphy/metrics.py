@@ -398,7 +398,7 @@ def nightly_sleep(
         elif not candidates:
             night.reason = (
                 f"no sleep period of {rule.min_minutes}-{rule.max_minutes:,} min starts in this night "
-                f"({rule.text})"
+                f"(rule: {rule.text})"
             )
         else:
             start, stop = max(candidates, key=lambda p: p[1] - p[0])
