@@ -24,7 +24,7 @@ from pat_runner.actigraphy.wear import choi_nonwear, nonwear_mask
 from pat_runner.errors import InvalidInput
 from pat_runner.serving.schemas import Recording
 from pat_runner.settings import MAX_RECORDING_MINUTES_CAP, Settings
-from tests.data_files import SHARED_DATA
+from tests.data_files import SHARED_DATA, agd_bytes
 
 SETTINGS = Settings().replace(redis_url="", cache_keys="", cache_hmac_key="")
 DAY = 1440
@@ -267,6 +267,19 @@ def test_local_clock_that_springs_forward_is_continuous() -> None:
     assert night.sleep_onset is not None and night.sleep_offset is not None
     assert night.sleep_onset.hour == 23 and night.sleep_offset.hour in (6, 7)
     assert night.window_minutes == DAY - 60
+
+
+def test_agd_whose_clock_springs_forward_is_continuous() -> None:
+    # Rows on the device's clock: 01:00–01:59, then 03:00–04:59 (its clock followed the change).
+    epochs = list(range(60)) + list(range(120, 240))
+    data = agd_bytes(datetime(2024, 3, 10, 1, 0), 60, [5.0] * len(epochs), epoch_indices=epochs)
+    raw = read_recording_file(data, "x.agd", timezone="America/New_York", max_bytes=2**30, max_minutes=10**6)
+    values = np.asarray(raw.values)
+    assert values.size == 180 and not np.isnan(values).any()
+    # The same jump away from the transition is an hour of missing data.
+    later = agd_bytes(datetime(2024, 3, 11, 1, 0), 60, [5.0] * len(epochs), epoch_indices=epochs)
+    raw = read_recording_file(later, "x.agd", timezone="America/New_York", max_bytes=2**30, max_minutes=10**6)
+    assert np.isnan(np.asarray(raw.values)).sum() == 60
 
 
 def test_other_clock_jumps_stay_gaps_and_nothing_is_shifted() -> None:

@@ -165,11 +165,14 @@ def _agd_recording(
     except (TypeError, ValueError, OverflowError):
         raise InvalidInput("data: dataTimestamp and axis1 must be numbers") from None
     naive_start = _from_ticks(start_ticks, "settings.startdatetime")
-    offsets_us = _continuous_across_spring_forward(
-        (ticks - start_ticks) // 10, naive_start, zone, epoch * 1_000_000
+    offsets = ticks - start_ticks
+    # The DST correction is whole microseconds; sub-microsecond ticks stay for the epoch-grid check.
+    offsets_us = offsets // 10
+    offsets -= 10 * (
+        offsets_us - _continuous_across_spring_forward(offsets_us, naive_start, zone, epoch * 1_000_000)
     )
     values = _place(
-        offsets_us * 10,
+        offsets,
         epoch * TICKS_PER_SECOND,
         counts,
         epoch,
