@@ -18,6 +18,7 @@ The rules (DESIGN.md, "HTTP API" and "The model"):
   longer than the 60–90 min zero runs of the hip-worn, waking-hours rules (Troiano et al. 2008, Med Sci
   Sports Exerc 40:181; Choi et al. 2011, Med Sci Sports Exerc 43:357), because PAT's NHANES training
   data keep nightly zeros as zeros: only a whole day without a single count is taken as not worn.
+  The clinical metrics apply one of those shorter rules on top (`pat_runner.actigraphy.wear`).
 * **Windows.** PAT reads exactly one week (10,080 minutes). A shorter recording is padded at its end
   and flagged. A longer one is cut into weeks every `settings.window_stride_minutes`; when the last
   week ends before the recording does, the tail gets one more week aligned to the recording's end if
