@@ -10,11 +10,11 @@ arguments win over the environment) or call `get_settings.cache_clear()` after c
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pat_runner.actigraphy.wear import NonwearAlgorithm
 from pat_runner.model import WEEK_MINUTES
 
 DEMO_MODEL_NAME = "pat-demo"
@@ -61,7 +61,7 @@ class Settings(BaseSettings):
 
     # clinical metrics
     # non-wear rule of the days and nights unless a request names one (pat_runner.actigraphy.wear)
-    nonwear_algorithm: NonwearAlgorithm = Field("choi")
+    nonwear_algorithm: Literal["choi", "troiano", "none"] = Field("choi")
     # a night is scored when at least this fraction of its noon-to-noon window has data
     min_night_coverage: float = Field(0.9, gt=0, le=1)
 
