@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     nonwear_zero_run_minutes: int = Field(1_440, ge=0)
 
     # clinical metrics
-    # non-wear rule of the days and nights unless a request names one (pat_runner.actigraphy.wear)
+    # non-wear rule of the days and nights unless a request names one; the names of
+    # pat_runner.actigraphy.wear.NonwearAlgorithm, not imported because the model layer reads settings
+    # and must not depend on actigraphy (a test keeps the two in step)
     nonwear_algorithm: Literal["choi", "troiano", "none"] = Field("choi")
     # a night is scored when at least this fraction of its noon-to-noon window has data
     min_night_coverage: float = Field(0.9, gt=0, le=1)

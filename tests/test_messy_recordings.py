@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime, timedelta
+from typing import get_args
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -20,7 +21,7 @@ from pat_runner.actigraphy.metrics import ActigraphyMetrics, actigraphy_metrics
 from pat_runner.actigraphy.preprocess import Preprocessed, preprocess
 from pat_runner.actigraphy.readers import read_recording_file
 from pat_runner.actigraphy.sleep import sleep_periods
-from pat_runner.actigraphy.wear import choi_nonwear, nonwear_mask
+from pat_runner.actigraphy.wear import NONWEAR_ALGORITHMS, choi_nonwear, nonwear_mask
 from pat_runner.errors import InvalidInput
 from pat_runner.serving.schemas import Recording
 from pat_runner.settings import MAX_RECORDING_MINUTES_CAP, Settings
@@ -79,6 +80,10 @@ def test_choi_rule() -> None:
     assert choi_nonwear(np.r_[worn, np.zeros(29), [800.0, 20.0], np.zeros(89), worn]).sum() == 0
     # A gap (NaN) inside a zero run does not make the device worn.
     assert choi_nonwear(np.r_[worn, np.zeros(50), np.full(50, np.nan), worn]).sum() == 100
+
+
+def test_settings_offer_exactly_the_nonwear_algorithms() -> None:
+    assert set(get_args(Settings.model_fields["nonwear_algorithm"].annotation)) == set(NONWEAR_ALGORITHMS)
 
 
 def test_sleep_period_never_spans_nonwear_nor_exceeds_a_day() -> None:
