@@ -262,7 +262,10 @@ def _read_actilife_csv(lines: list[str], zone: ZoneInfo, name: str, max_minutes:
 
 def _read_tidy_csv(lines: list[str], zone: ZoneInfo, name: str, max_minutes: int) -> RawRecording:
     _check_span(len(lines) - 1, min(SUPPORTED_EPOCH_SECONDS), max_minutes)
-    table = _read_table(lines, header=True, first_line=1)
+    # Only the two columns used: device tables carry many more (axes, steps, lux), each a string column.
+    table = _read_table(
+        lines, header=True, first_line=1, usecols=lambda name: name.strip().lower() in {"timestamp", "axis1"}
+    )
     columns = {str(column).strip().lower(): column for column in table.columns}
     if table.empty:
         raise InvalidInput("the CSV file has a header but no rows")
@@ -303,11 +306,14 @@ def _read_tidy_csv(lines: list[str], zone: ZoneInfo, name: str, max_minutes: int
     return RawRecording(start=start, timezone=name, epoch_seconds=epoch, values=values)
 
 
-def _read_table(lines: list[str], *, header: bool, first_line: int) -> pd.DataFrame:
+def _read_table(
+    lines: list[str], *, header: bool, first_line: int, usecols: Callable[[str], bool] | None = None
+) -> pd.DataFrame:
     try:
         return pd.read_csv(
             io.StringIO("\n".join(lines)),
             header=0 if header else None,
+            usecols=usecols,
             dtype=str,
             keep_default_na=False,
             skip_blank_lines=True,
