@@ -79,6 +79,10 @@ def test_another_zone_moves_clock_values_by_the_offset_only(seed: int, offset_ho
         # Equal up to the order of floating-point sums over relabelled hours.
         assert getattr(shifted, name) == pytest.approx(getattr(utc, name), rel=1e-12), name
     for name in ("l5_onset", "m10_onset"):
+        tie = f"{name[:-6].upper()} onset ties"
+        if any(note.startswith(tie) for note in utc.notes + shifted.notes):
+            # Equally quiet windows: the earliest from local midnight is reported, which depends on the clock.
+            continue
         before, after = _clock_minutes(getattr(utc, name)), _clock_minutes(getattr(shifted, name))
         assert before is not None and after is not None
         assert (after - before) % DAY == (60 * offset_hours) % DAY, name
