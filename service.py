@@ -15,14 +15,15 @@ from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
 import bentoml
 import numpy as np
-from pydantic import Field
+from pydantic import Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pat_runner import telemetry
-from pat_runner.actigraphy.readers import read_recording_file
+from pat_runner.actigraphy.readers import NO_TIMEZONE_WARNING, read_recording_file
+from pat_runner.actigraphy.sleep import SleepMethod, SleepPeriodAlgorithm
 from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import InvalidInput, PayloadTooLarge, ServiceError
 from pat_runner.model.store import read_model_info, read_stored_scaler
@@ -35,6 +36,7 @@ from pat_runner.serving.http import (
     RequestLimitsMiddleware,
     SecurityHeadersMiddleware,
     error_response,
+    validation_message,
 )
 from pat_runner.serving.openapi import enrich
 from pat_runner.serving.pipeline import Analyzer, InputFacts, to_raw
@@ -189,29 +191,42 @@ class PATService:
         self,
         ctx: bentoml.Context,
         file: Path,
-        timezone: str = "UTC",
+        timezone: str = "",
         subject: Annotated[str, Field(pattern=f"^$|{SUBJECT_PATTERN}")] = "",
         outputs: list[Output] = DEFAULT_ANALYZE.outputs,
+        sleep_algorithm: SleepMethod = DEFAULT_ANALYZE.sleep_algorithm,
+        sleep_period_algorithm: SleepPeriodAlgorithm = DEFAULT_ANALYZE.sleep_period_algorithm,
+        nonwear_algorithm: Annotated[str, Field(pattern="^(|choi|troiano|none)$")] = "",
     ) -> AnalyzeResponse:
         """Analyse a device export uploaded as multipart/form-data: ActiGraph `.agd` or CSV, Actiwatch
-        `.awd`. Timestamps in the file are read as local clock time in `timezone`."""
+        `.awd`. Timestamps in the file are read as local clock time in `timezone` (UTC, with a warning,
+        when it is not given); an empty `nonwear_algorithm` is the service's default."""
         data = file.read_bytes()
         ctx.request.state.audit["upload_bytes"] = len(data)
         try:
             raw = read_recording_file(
                 data,
                 file.name,
-                timezone=timezone,
+                timezone=timezone or "UTC",
                 max_bytes=settings.max_upload_bytes,
                 max_minutes=settings.max_recording_minutes,
             )
-            options = AnalyzeOptions(outputs=outputs)
+            options = AnalyzeOptions(
+                outputs=outputs,
+                sleep_algorithm=sleep_algorithm,
+                sleep_period_algorithm=sleep_period_algorithm,
+                nonwear_algorithm=nonwear_algorithm or None,
+            )
+        except ValidationError as exc:
+            raise InvalidInput(validation_message(exc)) from exc
         except ValueError as exc:
             raise InvalidInput(str(exc)) from exc
         # The reader's recording goes to the pipeline as it is; the form's subject is the only addition.
         raw = dataclasses.replace(raw, subject=subject or None)
         analysis = await self.analyzer.analyze(raw, options, request_id=_request_id(ctx))
         _audit(ctx, analysis.facts)
+        if not timezone:
+            analysis.response.warnings.append(NO_TIMEZONE_WARNING)
         return analysis.response
 
     @bentoml.api(route=routes.CACHE_INVALIDATE)

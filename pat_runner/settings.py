@@ -10,6 +10,7 @@ arguments win over the environment) or call `get_settings.cache_clear()` after c
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pat_runner.model import WEEK_MINUTES
 
 DEMO_MODEL_NAME = "pat-demo"
+#: Longest recording any configuration may accept; the API schema's `values` cap follows from it.
+MAX_RECORDING_MINUTES_CAP = 12 * WEEK_MINUTES
 
 
 class SettingsError(ValueError):
@@ -51,10 +54,18 @@ class Settings(BaseSettings):
     # preprocessing limits
     window_stride_minutes: int = Field(WEEK_MINUTES, ge=1)
     min_recording_minutes: int = Field(1_440, ge=1)
-    max_recording_minutes: int = Field(8 * WEEK_MINUTES, ge=1)
+    max_recording_minutes: int = Field(8 * WEEK_MINUTES, ge=1, le=MAX_RECORDING_MINUTES_CAP)
     max_missing_fraction: float = Field(0.5, ge=0, le=1)
     # runs of exact zeros at least this long are non-wear (missing); 0 disables
     nonwear_zero_run_minutes: int = Field(1_440, ge=0)
+
+    # clinical metrics
+    # non-wear rule of the days and nights unless a request names one; the names of
+    # pat_runner.actigraphy.wear.NonwearAlgorithm, not imported because the model layer reads settings
+    # and must not depend on actigraphy (a test keeps the two in step)
+    nonwear_algorithm: Literal["choi", "troiano", "none"] = Field("choi")
+    # a night is scored when at least this fraction of its noon-to-noon window has data
+    min_night_coverage: float = Field(0.9, gt=0, le=1)
 
     # request limits
     max_request_bytes: int = Field(16 * 2**20, ge=1)

@@ -37,8 +37,9 @@ EXPECTED_KINDS = {
 
 
 def week(tz: str = "America/New_York", seed: int = 0) -> pd.Series:
-    """A week from Wednesday 2024-03-06 local time (across the US DST change), zero counts asleep."""
-    return rest_activity_series(WEEK_MINUTES, seed, start="2024-03-06 00:00", tz=tz, asleep_mean=0.0)
+    """A week from Wednesday 2024-03-06 local time (across the US DST change). A worn wrist at rest still
+    gives the odd count (hours of exact zeros would be non-wear)."""
+    return rest_activity_series(WEEK_MINUTES, seed, start="2024-03-06 00:00", tz=tz, asleep_mean=0.5)
 
 
 def bundle_for(metrics: ActigraphyMetrics, series: pd.Series, **overrides: Any) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pat_runner.actigraphy.metrics import ONLY_COUNTS, actigraphy_metrics, troiano_nonwear
+from pat_runner.actigraphy.metrics import ONLY_COUNTS, actigraphy_metrics
+from pat_runner.actigraphy.wear import troiano_nonwear
 from tests.factories import DAY, minutes_series, rest_activity_series
 
 
@@ -178,12 +179,14 @@ def test_troiano_nonwear_rule() -> None:
 
 
 def test_night_summary_on_a_constructed_night() -> None:
-    # Awake at 1000 counts/min, zero counts 23:00–07:00, a 4-minute movement at 03:00.
+    # Awake at 1000 counts/min, asleep 23:00–07:00 with a 4-minute movement at 03:00. A worn wrist is
+    # never still for 90 min (Choi non-wear): one count every 20 minutes, far too little to wake.
     series = minutes_series(np.zeros(3 * DAY), "2024-05-01 00:00", "Europe/Berlin")
     hour, minute = series.index.hour, series.index.minute
     asleep = (hour >= 23) | (hour < 7)
     movement = (hour == 3) & (minute < 4)
-    series[:] = np.where(asleep & ~movement, 0.0, 1000.0)
+    still = np.where(minute % 20 == 0, 1.0, 0.0)
+    series[:] = np.where(asleep & ~movement, still, 1000.0)
     night = next(n for n in actigraphy_metrics(series).nights if n.night_of == date(2024, 5, 1))
     # Cole–Kripke with A = 10: the lag weights keep 23:00–23:03 and 03:04–03:07 awake (D ≥ 1.06), the
     # two lead weights wake 02:59 and 06:59 (D = 0.74 + 0.67). So the period is 23:04–06:59 (475 min)
@@ -201,7 +204,9 @@ def test_night_summary_on_a_constructed_night() -> None:
     assert gap_night.total_sleep_minutes == 466 - 60 and gap_night.wake_after_sleep_onset_minutes == 9
     assert gap_night.sleep_efficiency_percent == pytest.approx(round(100 * 406 / 415, 2))
     partial = actigraphy_metrics(series).nights[0]
-    assert partial.total_sleep_minutes is None and "not fully inside" in (partial.reason or "")
+    assert partial.total_sleep_minutes is None and "50.0% of the night window" in (partial.reason or "")
+    assert partial.coverage_percent == 50.0
+    assert partial.observed_minutes + partial.missing_minutes == partial.window_minutes == DAY
 
 
 def test_other_units_get_no_count_based_metrics() -> None:

@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pat_runner.actigraphy.metrics import actigraphy_metrics, troiano_nonwear
+from pat_runner.actigraphy.metrics import actigraphy_metrics
 from pat_runner.actigraphy.sleep import score_sleep, sleep_periods, summarise_period
+from pat_runner.actigraphy.wear import troiano_nonwear
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "actigraphy"
 TAS_FILES = sorted(DATA.glob("TAS*_60sec.csv"))
@@ -159,7 +160,7 @@ def test_intensity_minutes_on_nhanes_weeks() -> None:
     if not NHANES.exists():
         pytest.skip(f"{NHANES} not found")
     for week in read_nhanes():
-        metrics = actigraphy_metrics(week.tz_localize("UTC"))
+        metrics = actigraphy_metrics(week.tz_localize("UTC"), nonwear_algorithm="troiano")
         assert len(metrics.days) == 7
         wear = ~troiano_nonwear(week.to_numpy())
         for day in metrics.days:

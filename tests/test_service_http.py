@@ -129,6 +129,65 @@ def test_analyze_file_through_generated_client(pat_server, token, tmp_path) -> N
     assert result["metrics"]["interdaily_stability"] is not None
 
 
+def test_upload_without_timezone_warns_and_names_the_chosen_algorithms(pat_server, token) -> None:
+    path = ACTIGRAPHY / "TAS1D47140221_2019-04-11_60sec.csv"
+    if not path.exists():
+        pytest.skip(f"{path} not present (../shared is provided in CI)")
+    form = {
+        "outputs": json.dumps(["metrics", "fhir"]),
+        "sleep_period_algorithm": "actigraph",
+        "nonwear_algorithm": "troiano",
+    }
+    files = {"file": (path.name, path.read_bytes(), "text/csv")}
+    response = post(pat_server, "/v1/analyze/file", token, files=files, data=form)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert any("no timezone was given" in warning for warning in body["warnings"])
+    metrics = body["metrics"]
+    assert (metrics["sleep_period_algorithm"], metrics["nonwear_algorithm"]) == ("actigraph", "troiano")
+    methods = {
+        entry["resource"]["method"]["text"]
+        for entry in body["fhir"]["entry"]
+        if entry["resource"].get("method") and "sleep/wake" in entry["resource"]["method"]["text"]
+    }
+    assert methods and all("ActiGraph sleep-period" in m and "Troiano" in m for m in methods)
+    with_zone = post(pat_server, "/v1/analyze/file", token, files=files, data={**form, "timezone": "UTC"})
+    assert with_zone.status_code == 200, with_zone.text
+    assert not any("no timezone" in warning for warning in with_zone.json()["warnings"])
+
+
+def test_week_at_one_second_epochs_through_json_and_upload(pat_server, token) -> None:
+    # Before: `values` capped at 483,840 items (5.6 days at 1 s) although the minute limit is 56 days.
+    rng = np.random.default_rng(10)
+    values = rng.poisson(3.0, 10_080 * 60).astype(float)
+    body = {
+        "recording": {
+            "start": "2024-05-06T00:00:00Z",
+            "timezone": "UTC",
+            "epoch_seconds": 1,
+            "values": values.tolist(),
+        },
+        "options": {"outputs": ["metrics"]},
+    }
+    response = post(pat_server, "/v1/analyze", token, json=body)
+    assert response.status_code == 200, response.text[:500]
+    quality = response.json()["quality"]
+    assert (quality["epoch_seconds"], quality["total_minutes"], quality["missing_minutes"]) == (1, 10_080, 0)
+    start = np.datetime64("2024-05-06T00:00:00")
+    stamps = np.datetime_as_string(start + np.arange(values.size).astype("timedelta64[s]"), unit="s")
+    csv = "timestamp,axis1\n" + "\n".join(f"{t},{v:g}" for t, v in zip(stamps, values, strict=True)) + "\n"
+    files = {"file": ("week-1s.csv", csv.encode(), "text/csv")}
+    upload = post(
+        pat_server,
+        "/v1/analyze/file",
+        token,
+        files=files,
+        data={"timezone": "UTC", "outputs": json.dumps(["metrics"])},
+    )
+    assert upload.status_code == 200, upload.text[:500]
+    assert upload.json()["quality"] == quality
+
+
 def test_models(pat_server, token) -> None:
     got = httpx.get(f"{pat_server.url}/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert got.status_code == 200, got.text

@@ -25,6 +25,8 @@ from fhir.resources.R4B.bundle import Bundle
 from pydantic import BaseModel
 
 from pat_runner.actigraphy.metrics import ActigraphyMetrics, DayActivity, NightSleep
+from pat_runner.actigraphy.sleep import SLEEP_PERIOD_RULES
+from pat_runner.actigraphy.wear import NONWEAR_METHOD_TEXT
 from pat_runner.model.info import ModelInfo
 
 CODE_SYSTEM = "https://pat-service.example/fhir/CodeSystem/actigraphy"
@@ -102,11 +104,17 @@ NIGHT_METRICS = (
     "awakenings",
 )
 DAY_METRICS = ("sedentary_minutes", "light_minutes", "moderate_minutes", "vigorous_minutes")
-_SLEEP_PERIOD_TEXT = "; Tudor-Locke 2014 main sleep period"
 SLEEP_METHOD_TEXT = {
-    "sadeh": "Sadeh 1994 sleep/wake scoring (ActiLife 6 variant)" + _SLEEP_PERIOD_TEXT,
-    "cole_kripke": "Cole–Kripke 1992 sleep/wake scoring (ActiLife 6 variant)" + _SLEEP_PERIOD_TEXT,
+    "sadeh": "Sadeh 1994 sleep/wake scoring (ActiLife 6 variant)",
+    "cole_kripke": "Cole–Kripke 1992 sleep/wake scoring (ActiLife 6 variant)",
 }
+
+
+def sleep_method_text(metrics: ActigraphyMetrics) -> str:
+    """The Observation `method` of a night: epoch scoring, sleep-period rule and non-wear rule."""
+    period = SLEEP_PERIOD_RULES[metrics.sleep_period_algorithm].text
+    nonwear = NONWEAR_METHOD_TEXT[metrics.nonwear_algorithm]
+    return f"{SLEEP_METHOD_TEXT[metrics.sleep_method]}; main sleep period: {period}; non-wear: {nonwear}"
 
 
 def _utc(moment: datetime) -> str:
@@ -200,7 +208,7 @@ def _night_observations(writer: _BundleWriter, night: NightSleep, method: str) -
     period = _period(night.sleep_onset, night.sleep_offset)
     for metric in NIGHT_METRICS:
         resource = writer.observation(metric, period, getattr(night, metric))
-        resource["method"] = {"text": SLEEP_METHOD_TEXT[method]}
+        resource["method"] = {"text": method}
         writer.add(f"night/{night.night_of.isoformat()}/{metric}", resource)
 
 
@@ -280,7 +288,7 @@ def build_bundle(
     recording_period = _period(period_start, period_end)
     _recording_observations(writer, metrics, recording_period)
     for night in metrics.nights:
-        _night_observations(writer, night, metrics.sleep_method)
+        _night_observations(writer, night, sleep_method_text(metrics))
     for day in metrics.days:
         _day_observations(writer, day)
     if probability is not None and head_task is not None and subject is not None:

@@ -16,8 +16,13 @@ Definitions and references:
   measured by accelerometer. Med Sci Sports Exerc 2008;40(1):181-188 — sedentary < 100, light
   100–2019, moderate 2020–5998, vigorous ≥ 5999 counts/min; wear time and the ≥ 10 h valid-day rule
   from the same paper.
+* Non-wear: `pat_runner.actigraphy.wear` (Choi 2011 by default, or Troiano 2008). One wear mask serves
+  the days (wear minutes) and the nights (a sleep period never spans non-wear).
 * Sleep: `pat_runner.actigraphy.sleep` (Sadeh 1994, Cole–Kripke 1992 as ActiLife 6 applies them;
-  Tudor-Locke 2014 main sleep period).
+  Tudor-Locke 2014 or ActiGraph's variant for the main sleep period). A night is local noon to the next
+  local noon of the zone's real calendar (a date the zone skips, such as 2011-12-30 in Pacific/Apia,
+  has no night). It is scored when at least `min_night_coverage` of its window has data, at most half
+  of the window is non-wear, and its main sleep period is not cut by the start or end of the recording.
 
 Nothing is invented for thin data: a metric that cannot be computed is `null` and `reasons` says why.
 """
@@ -32,7 +37,15 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from pat_runner.actigraphy.sleep import SleepMethod, score_sleep, sleep_periods, summarise_period
+from pat_runner.actigraphy.sleep import (
+    SLEEP_PERIOD_RULES,
+    SleepMethod,
+    SleepPeriodAlgorithm,
+    score_sleep,
+    sleep_periods,
+    summarise_period,
+)
+from pat_runner.actigraphy.wear import NONWEAR_METHOD_TEXT, NonwearAlgorithm, nonwear_mask
 
 COUNT_UNIT = "counts"
 ONLY_COUNTS = "only defined for ActiGraph counts"
@@ -47,12 +60,10 @@ M10_MINUTES = 10 * 60
 SEDENTARY_BELOW = 100
 LIGHT_BELOW = 2020
 MODERATE_BELOW = 5999
-NONWEAR_MIN_MINUTES = 60
-NONWEAR_MAX_INTERRUPTION_MINUTES = 2
-NONWEAR_INTERRUPTION_MAX_COUNTS = 100
 VALID_DAY_WEAR_MINUTES = 600
 
-MIN_NIGHT_OBSERVED_FRACTION = 0.9
+DEFAULT_MIN_NIGHT_COVERAGE = 0.9
+MAX_NIGHT_NONWEAR_FRACTION = 0.5
 NIGHT_STARTS_AT = time(12, 0)
 
 
@@ -64,7 +75,13 @@ class NightSleep(BaseModel):
     window_end: datetime = Field(
         description="Local noon that ends the night, exclusive (23–25 h later on DST)."
     )
+    window_minutes: int = Field(description="Elapsed minutes of the window (1,380–1,500 on DST days).")
     observed_minutes: int = Field(description="Minutes of the window with data (min).")
+    missing_minutes: int = Field(
+        description="Minutes of the window without data, inside or outside the recording (min)."
+    )
+    coverage_percent: float = Field(description="observed_minutes / window_minutes × 100 (%).")
+    nonwear_minutes: int = Field(description="Minutes of the window marked non-wear (`nonwear_algorithm`).")
     sleep_onset: datetime | None = Field(None, description="Start of the main sleep period (local time).")
     sleep_offset: datetime | None = Field(
         None, description="End of the main sleep period, exclusive (local time)."
@@ -88,9 +105,15 @@ class DayActivity(BaseModel):
     date: CalendarDate = Field(description="Local calendar date.")
     start: datetime = Field(description="Local midnight that starts the day (with UTC offset).")
     end: datetime = Field(description="Next local midnight, exclusive.")
+    total_minutes: int = Field(description="Minutes of the day inside the recording (min).")
     observed_minutes: int = Field(description="Minutes with data (min).")
+    missing_minutes: int = Field(description="Minutes of the day inside the recording without data (min).")
+    nonwear_minutes: int | None = Field(
+        None, description="Minutes marked non-wear (`nonwear_algorithm`), missing ones included; counts only."
+    )
     wear_minutes: int | None = Field(
-        None, description="Observed minutes outside Troiano (2008) non-wear periods (min); counts only."
+        None,
+        description="Observed minutes outside non-wear periods (`nonwear_algorithm`) (min); counts only.",
     )
     valid: bool = Field(description=f"At least {VALID_DAY_WEAR_MINUTES} wear minutes (Troiano 2008).")
     sedentary_minutes: int | None = Field(None, description="Wear minutes with < 100 counts/min (min).")
@@ -117,6 +140,8 @@ class ActigraphyMetrics(BaseModel):
                 "m10": 412.0,
                 "m10_onset": "08:45",
                 "sleep_method": "cole_kripke",
+                "sleep_period_algorithm": "tudor_locke",
+                "nonwear_algorithm": "choi",
                 "nights": [],
                 "days": [],
                 "valid_days": 7,
@@ -147,6 +172,14 @@ class ActigraphyMetrics(BaseModel):
         None, description="Local clock time (HH:MM) at which the M10 window starts."
     )
     sleep_method: SleepMethod = Field(description="Sleep/wake scoring algorithm used for `nights`.")
+    sleep_period_algorithm: SleepPeriodAlgorithm = Field(
+        "tudor_locke",
+        description="Sleep-period rule: `tudor_locke` (ActiLife Tudor-Locke Default) or `actigraph`.",
+    )
+    nonwear_algorithm: NonwearAlgorithm = Field(
+        "choi",
+        description="Non-wear rule shared by `days` and `nights`: `choi` (2011), `troiano` (2008) or `none`.",
+    )
     nights: list[NightSleep] = Field(default_factory=list, description="Per-night sleep measures.")
     days: list[DayActivity] = Field(default_factory=list, description="Per-day wear and intensity minutes.")
     valid_days: int = Field(description=f"Days with ≥ {VALID_DAY_WEAR_MINUTES} wear minutes (Troiano 2008).")
@@ -240,35 +273,6 @@ def _clock(minute_of_day: int) -> str:
     return f"{minute_of_day // 60:02d}:{minute_of_day % 60:02d}"
 
 
-def troiano_nonwear(counts: np.ndarray) -> np.ndarray:
-    """Non-wear minutes by Troiano et al. (2008): ≥ 60 consecutive minutes of zero counts, allowing
-    interruptions of at most 2 consecutive minutes with 1–100 counts. Missing minutes end a period."""
-    zero = counts == 0
-    small = (counts > 0) & (counts <= NONWEAR_INTERRUPTION_MAX_COUNTS)
-    nonwear = np.zeros(counts.size, dtype=bool)
-    i = 0
-    n = counts.size
-    while i < n:
-        if not zero[i]:
-            i += 1
-            continue
-        start = i
-        last_zero = i
-        j = i + 1
-        while j < n:
-            if zero[j]:
-                last_zero = j
-                j += 1
-            elif small[j] and j - last_zero <= NONWEAR_MAX_INTERRUPTION_MINUTES:
-                j += 1
-            else:
-                break
-        if last_zero + 1 - start >= NONWEAR_MIN_MINUTES:
-            nonwear[start : last_zero + 1] = True
-        i = last_zero + 1
-    return nonwear
-
-
 def _local_time(day: date, clock: time, zone: tzinfo) -> pd.Timestamp:
     """`day` at wall-clock `clock` in `zone`; a wall time skipped by DST moves forward, a repeated one
     takes its first occurrence."""
@@ -276,14 +280,20 @@ def _local_time(day: date, clock: time, zone: tzinfo) -> pd.Timestamp:
     return naive.tz_localize(zone, nonexistent="shift_forward", ambiguous=True)
 
 
-def daily_activity(series: pd.Series, *, counts: bool) -> list[DayActivity]:
+def _date_exists(day: date, zone: tzinfo) -> bool:
+    """Whether the zone's calendar has `day` at all (Pacific/Apia skipped 2011-12-30)."""
+    return _local_time(day, time(0), zone).date() == day
+
+
+def daily_activity(series: pd.Series, *, counts: bool, nonwear: np.ndarray) -> list[DayActivity]:
     """Per local calendar day: observed and wear minutes, validity and Troiano (2008) intensity minutes.
 
-    Intensity minutes are reported for valid days only and only for ActiGraph counts.
+    `nonwear` is the recording's wear mask (`wear.nonwear_mask`). Intensity minutes are reported for
+    valid days only and only for ActiGraph counts.
     """
     values = series.to_numpy(dtype=np.float64)
     observed = ~np.isnan(values)
-    wear = observed & ~troiano_nonwear(np.where(observed, values, -1.0)) if counts else observed
+    wear = observed & ~nonwear if counts else observed
     local_dates = series.index.date
     zone = series.index.tz
     days: list[DayActivity] = []
@@ -293,11 +303,15 @@ def daily_activity(series: pd.Series, *, counts: bool) -> list[DayActivity]:
         end = _local_time(day + timedelta(days=1), time(0), zone)
         wear_minutes = int((wear & in_day).sum())
         valid = wear_minutes >= VALID_DAY_WEAR_MINUTES
+        observed_minutes = int((observed & in_day).sum())
         entry = DayActivity(
             date=day,
             start=start.to_pydatetime(),
             end=end.to_pydatetime(),
-            observed_minutes=int((observed & in_day).sum()),
+            total_minutes=int(in_day.sum()),
+            observed_minutes=observed_minutes,
+            missing_minutes=int(in_day.sum()) - observed_minutes,
+            nonwear_minutes=int((nonwear & in_day).sum()) if counts else None,
             wear_minutes=wear_minutes if counts else None,
             valid=valid,
         )
@@ -315,44 +329,82 @@ def daily_activity(series: pd.Series, *, counts: bool) -> list[DayActivity]:
     return days
 
 
-def nightly_sleep(series: pd.Series, method: SleepMethod) -> list[NightSleep]:
-    """Sleep measures per local noon-to-noon night from the main (longest) Tudor-Locke sleep period
-    that starts in the night; missing minutes inside it count as neither sleep nor wake. Nights not
-    fully inside the recording, or with less than 90 % of their minutes observed, get null measures
-    with the reason."""
+def _night_dates(first: pd.Timestamp, last: pd.Timestamp, zone: tzinfo) -> list[date]:
+    """Dates of the evenings whose noon-to-noon window overlaps [first, last], skipped dates left out."""
+    day = first.date() - timedelta(days=1) if first.time() < NIGHT_STARTS_AT else first.date()
+    dates = []
+    while _local_time(day, NIGHT_STARTS_AT, zone) <= last:
+        if _date_exists(day, zone):
+            dates.append(day)
+        day += timedelta(days=1)
+    return dates
+
+
+def _next_date(day: date, zone: tzinfo) -> date:
+    following = day + timedelta(days=1)
+    while not _date_exists(following, zone):
+        following += timedelta(days=1)
+    return following
+
+
+def nightly_sleep(
+    series: pd.Series,
+    method: SleepMethod,
+    *,
+    nonwear: np.ndarray,
+    period_algorithm: SleepPeriodAlgorithm = "tudor_locke",
+    min_coverage: float = DEFAULT_MIN_NIGHT_COVERAGE,
+) -> list[NightSleep]:
+    """Sleep measures per local noon-to-noon night from the main (longest) sleep period that starts in
+    the night; missing minutes inside it count as neither sleep nor wake, non-wear ends it. A night
+    gets null measures with the reason when less than `min_coverage` of its window has data, when most
+    of the window is non-wear, when no period starts in it, or when its main period is cut by the start
+    or end of the recording (its true length is unknown)."""
     asleep = score_sleep(series, method).to_numpy()
     observed = series.notna().to_numpy()
-    # A gap neither starts nor ends a sleep period: missing minutes carry the last observed state
+    # A short gap neither starts nor ends a sleep period: missing minutes carry the last observed state
     # (wake before the first observation); summaries then leave them out of sleep and wake alike.
     carried = pd.Series(asleep).where(observed).ffill().fillna(False).to_numpy(dtype=bool)
-    periods = sleep_periods(carried)
+    periods = sleep_periods(carried & ~nonwear, period_algorithm, breaks=nonwear)
+    rule = SLEEP_PERIOD_RULES[period_algorithm]
     index = series.index
     zone = index.tz
-    # Every night whose window overlaps the recording is listed; partial ones say so.
-    day = index[0].date() - timedelta(days=1) if index[0].time() < NIGHT_STARTS_AT else index[0].date()
     nights: list[NightSleep] = []
-    while _local_time(day, NIGHT_STARTS_AT, zone) <= index[-1]:
+    for day in _night_dates(index[0], index[-1], zone):
         window_start = _local_time(day, NIGHT_STARTS_AT, zone)
-        window_end = _local_time(day + timedelta(days=1), NIGHT_STARTS_AT, zone)
+        window_end = _local_time(_next_date(day, zone), NIGHT_STARTS_AT, zone)
         lo = int(index.searchsorted(window_start))
         hi = int(index.searchsorted(window_end))
         window_minutes = int((window_end - window_start) / pd.Timedelta(minutes=1))
+        observed_minutes = int(observed[lo:hi].sum())
         night = NightSleep(
             night_of=day,
             window_start=window_start.to_pydatetime(),
             window_end=window_end.to_pydatetime(),
-            observed_minutes=int(observed[lo:hi].sum()),
+            window_minutes=window_minutes,
+            observed_minutes=observed_minutes,
+            missing_minutes=window_minutes - observed_minutes,
+            coverage_percent=round(100 * observed_minutes / window_minutes, 2),
+            nonwear_minutes=int(nonwear[lo:hi].sum()),
         )
-        if hi - lo < window_minutes:
-            night.reason = "the night is not fully inside the recording"
-        elif night.observed_minutes < MIN_NIGHT_OBSERVED_FRACTION * window_minutes:
-            night.reason = f"less than {MIN_NIGHT_OBSERVED_FRACTION:.0%} of the night observed"
+        candidates = [(a, b) for a, b in periods if lo <= a < hi]
+        if night.nonwear_minutes > MAX_NIGHT_NONWEAR_FRACTION * window_minutes:
+            night.reason = "most of the night window is non-wear"
+        elif observed_minutes < min_coverage * window_minutes:
+            night.reason = (
+                f"only {observed_minutes / window_minutes:.1%} of the night window has data, "
+                f"less than the {min_coverage:.0%} required"
+            )
+        elif not candidates:
+            night.reason = (
+                f"no sleep period of {rule.min_minutes}-{rule.max_minutes:,} min starts in this night "
+                f"(rule: {rule.text})"
+            )
         else:
-            candidates = [(a, b) for a, b in periods if lo <= a < hi]
-            if not candidates:
-                night.reason = "no sleep period of at least 160 min starts in this night (Tudor-Locke rule)"
+            start, stop = max(candidates, key=lambda p: p[1] - p[0])
+            if start == 0 or stop == len(index):
+                night.reason = "the main sleep period is cut by the start or end of the recording"
             else:
-                start, stop = max(candidates, key=lambda p: p[1] - p[0])
                 summary = summarise_period(asleep, observed, start, stop)
                 night.sleep_onset = index[start].to_pydatetime()
                 night.sleep_offset = (index[stop - 1] + pd.Timedelta(minutes=1)).to_pydatetime()
@@ -361,7 +413,6 @@ def nightly_sleep(series: pd.Series, method: SleepMethod) -> list[NightSleep]:
                 night.wake_after_sleep_onset_minutes = summary.wake_after_sleep_onset_minutes
                 night.awakenings = summary.awakenings
         nights.append(night)
-        day += timedelta(days=1)
     return nights
 
 
@@ -370,6 +421,9 @@ def actigraphy_metrics(
     *,
     unit: str = COUNT_UNIT,
     sleep_method: SleepMethod = "cole_kripke",
+    sleep_period_algorithm: SleepPeriodAlgorithm = "tudor_locke",
+    nonwear_algorithm: NonwearAlgorithm = "choi",
+    min_night_coverage: float = DEFAULT_MIN_NIGHT_COVERAGE,
 ) -> ActigraphyMetrics:
     """All classical metrics of one recording (see the module docstring for definitions)."""
     if not isinstance(series.index, pd.DatetimeIndex) or series.index.tz is None:
@@ -382,6 +436,8 @@ def actigraphy_metrics(
         minutes=int(series.size),
         observed_minutes=int(series.notna().sum()),
         sleep_method=sleep_method,
+        sleep_period_algorithm=sleep_period_algorithm,
+        nonwear_algorithm=nonwear_algorithm,
         valid_days=0,
     )
     if series.size == 0:
@@ -403,11 +459,19 @@ def actigraphy_metrics(
             reasons["interdaily_stability"] = "activity has no variance (constant signal)"
         _fill_l5_m10(result, average_day_profile(series), reasons, notes)
 
+    nonwear = nonwear_mask(series.to_numpy(dtype=np.float64), nonwear_algorithm)
     if counts:
-        result.nights = nightly_sleep(series, sleep_method)
+        result.nights = nightly_sleep(
+            series,
+            sleep_method,
+            nonwear=nonwear,
+            period_algorithm=sleep_period_algorithm,
+            min_coverage=min_night_coverage,
+        )
+        notes.append(f"non-wear: {NONWEAR_METHOD_TEXT[nonwear_algorithm]}")
     else:
         reasons["nights"] = ONLY_COUNTS
-    result.days = daily_activity(series, counts=counts)
+    result.days = daily_activity(series, counts=counts, nonwear=nonwear)
     result.valid_days = sum(day.valid for day in result.days)
     if not counts:
         notes.append(f"unit {unit!r}: intensity cut-points and sleep scoring are {ONLY_COUNTS}")

@@ -18,6 +18,7 @@ The rules (docs/architecture.md, "Decisions so far" and "Model numerics"):
   longer than the 60–90 min zero runs of the hip-worn, waking-hours rules (Troiano et al. 2008, Med Sci
   Sports Exerc 40:181; Choi et al. 2011, Med Sci Sports Exerc 43:357), because PAT's NHANES training
   data keep nightly zeros as zeros: only a whole day without a single count is taken as not worn.
+  The clinical metrics apply one of those shorter rules on top (`pat_runner.actigraphy.wear`).
 * **Windows.** PAT reads exactly one week (10,080 minutes). A shorter recording is padded at its end
   and flagged. A longer one is cut into weeks every `settings.window_stride_minutes`; when the last
   week ends before the recording does, the tail gets one more week aligned to the recording's end if
@@ -49,7 +50,7 @@ from pat_runner.model import WEEK_MINUTES
 from pat_runner.settings import Settings
 
 #: Bump whenever the same input gives different outputs (it is part of the result-cache key).
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 SUPPORTED_EPOCH_SECONDS = tuple(s for s in range(1, 61) if 60 % s == 0)
 _CANONICAL_FORMAT = "pat-minutes/1"
 _CANONICAL_NAN = np.frombuffer(b"\x00\x00\x00\x00\x00\x00\xf8\x7f", dtype="<f8")[0]
@@ -443,6 +444,7 @@ def _canonical_bytes(
         "window_stride_minutes": settings.window_stride_minutes,
         "window_tail_minutes": settings.min_recording_minutes,
         "nonwear_zero_run_minutes": settings.nonwear_zero_run_minutes,
+        "min_night_coverage": settings.min_night_coverage,
     }
     # One NaN bit pattern and little-endian floats, so equal minutes always give equal bytes.
     body = np.where(np.isnan(sums), _CANONICAL_NAN, sums).astype("<f8").tobytes()

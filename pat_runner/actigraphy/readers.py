@@ -10,15 +10,19 @@ Formats (`../shared/data/actigraphy/README.md`; ActiGraph, "ActiLife data file f
   `Start Date`, `Epoch Period (hh:mm:ss)`, …), then epochs, with or without a column header line
   (`Axis1,Axis2,…` or `Date,Time,Axis1,…`); without one the first column is axis 1.
 * **Tidy CSV** — a `timestamp` column and an `axis1` column, one row per epoch (the form R packages such as
-  actigraph.sleepr write); the epoch is the smallest step between timestamps.
+  actigraph.sleepr write); the epoch is the most common step between timestamps, so one stray row cannot
+  change it: rows off that epoch grid are a 422 naming their lines.
 * **Actiwatch `.AWD`** — 7 header lines (name, start date `dd-Mon-yyyy`, start time, epoch code, age,
   serial, sex), then one count per line, optionally followed by a marker column.
 
-Devices keep their clock through daylight-saving changes, so a file's naive timestamps are read as
-local time in the client's `timezone` at the start only, and later epochs follow in elapsed time; rows
-are placed by their timestamps where the file has them, so gaps become missing epochs. Timestamps that
-carry an offset (`…Z`) are absolute and used as such. The client's file name only selects the format by
-its extension; it is never used as a path.
+A file's naive timestamps are local time in the client's `timezone` at the start, and later epochs
+follow in elapsed time; rows are placed by their timestamps where the file has them, so gaps become
+missing epochs. A device whose clock follows the zone jumps forward by the DST gap at the
+spring-forward instant (01:59 → 03:00 in America/New_York): consecutive rows that are exactly one epoch
+apart in real time across that transition are read as continuous, never as a gap; any other jump stays
+a gap and nothing is shifted. A clock that goes back (fall-back) repeats times and is refused (422).
+Timestamps that carry an offset (`…Z`) are absolute and used as such. The client's file name only
+selects the format by its extension; it is never used as a path.
 """
 
 from __future__ import annotations
@@ -54,6 +58,12 @@ AWD_HEADER_LINES = 7
 AWD_EPOCH_CODES = {"1": 15, "2": 30, "4": 60, "8": 120, "20": 300, "81": 2, "C1": 5}
 DOTNET_EPOCH = datetime(1, 1, 1)
 TICKS_PER_SECOND = 10_000_000
+OFF_GRID_ROWS_NAMED = 5
+NO_TIMEZONE_WARNING = (
+    "no timezone was given: the file's clock times were read as UTC, but device clocks are usually "
+    "local time; send the wearer's IANA zone (e.g. timezone=America/New_York) for correct clock-time "
+    "metrics and nights"
+)
 SUPPORTED_FORMATS = "ActiGraph .agd, ActiGraph ActiLife CSV export, timestamp/axis1 CSV, Actiwatch .awd"
 
 _DOTNET_DATE_TOKENS = {"yyyy": "%Y", "MM": "%m", "M": "%m", "dd": "%d", "d": "%d", "MMM": "%b"}
@@ -154,8 +164,15 @@ def _agd_recording(
         counts = np.array([np.nan if row[1] is None else row[1] for row in rows], dtype=np.float64)
     except (TypeError, ValueError, OverflowError):
         raise InvalidInput("data: dataTimestamp and axis1 must be numbers") from None
+    naive_start = _from_ticks(start_ticks, "settings.startdatetime")
+    offsets = ticks - start_ticks
+    # The DST correction is whole microseconds; sub-microsecond ticks stay for the epoch-grid check.
+    offsets_us = offsets // 10
+    offsets -= 10 * (
+        offsets_us - _continuous_across_spring_forward(offsets_us, naive_start, zone, epoch * 1_000_000)
+    )
     values = _place(
-        ticks - start_ticks,
+        offsets,
         epoch * TICKS_PER_SECOND,
         counts,
         epoch,
@@ -231,7 +248,9 @@ def _read_actilife_csv(lines: list[str], zone: ZoneInfo, name: str, max_minutes:
         if stamps is None:
             values = counts
         else:
-            offsets = _offsets_us(stamps, pd.Timestamp(naive_start))
+            offsets = _continuous_across_spring_forward(
+                _offsets_us(stamps, pd.Timestamp(naive_start)), naive_start, zone, epoch * 1_000_000
+            )
             values = _place(
                 offsets, epoch * 1_000_000, counts, epoch, lambda i: f"line {data_line + i}", max_minutes
             )
@@ -243,7 +262,10 @@ def _read_actilife_csv(lines: list[str], zone: ZoneInfo, name: str, max_minutes:
 
 def _read_tidy_csv(lines: list[str], zone: ZoneInfo, name: str, max_minutes: int) -> RawRecording:
     _check_span(len(lines) - 1, min(SUPPORTED_EPOCH_SECONDS), max_minutes)
-    table = _read_table(lines, header=True, first_line=1)
+    # Only the two columns used: device tables carry many more (axes, steps, lux), each a string column.
+    table = _read_table(
+        lines, header=True, first_line=1, usecols=lambda name: name.strip().lower() in {"timestamp", "axis1"}
+    )
     columns = {str(column).strip().lower(): column for column in table.columns}
     if table.empty:
         raise InvalidInput("the CSV file has a header but no rows")
@@ -267,11 +289,15 @@ def _read_tidy_csv(lines: list[str], zone: ZoneInfo, name: str, max_minutes: int
     positive = steps[steps > 0]
     if not positive.size:
         raise InvalidInput("timestamp: need at least two distinct timestamps to know the epoch length")
-    epoch_us = int(positive.min())
+    # The most common step (the smallest of equally common ones): a stray row cannot redefine the epoch.
+    distinct, occurrences = np.unique(positive, return_counts=True)
+    epoch_us = int(distinct[np.argmax(occurrences)])
     if epoch_us % 1_000_000:
         raise InvalidInput(f"timestamp: the epoch of {epoch_us / 1e6:g} s is not a whole number of seconds")
     epoch = epoch_us // 1_000_000
-    check_epoch_seconds(epoch, where="timestamp (epoch inferred from the smallest step)")
+    check_epoch_seconds(epoch, where="timestamp (epoch inferred from the most common step)")
+    if not aware.all():
+        offsets = _continuous_across_spring_forward(offsets, first.to_pydatetime(), zone, epoch_us)
     values = _place(offsets, epoch_us, counts, epoch, lambda i: f"line {i + 2}", max_minutes)
     if aware.all():
         start = first.to_pydatetime().astimezone(zone)
@@ -280,11 +306,14 @@ def _read_tidy_csv(lines: list[str], zone: ZoneInfo, name: str, max_minutes: int
     return RawRecording(start=start, timezone=name, epoch_seconds=epoch, values=values)
 
 
-def _read_table(lines: list[str], *, header: bool, first_line: int) -> pd.DataFrame:
+def _read_table(
+    lines: list[str], *, header: bool, first_line: int, usecols: Callable[[str], bool] | None = None
+) -> pd.DataFrame:
     try:
         return pd.read_csv(
             io.StringIO("\n".join(lines)),
             header=0 if header else None,
+            usecols=usecols,
             dtype=str,
             keep_default_na=False,
             skip_blank_lines=True,
@@ -415,12 +444,17 @@ def _place(
     max_minutes: int,
 ) -> np.ndarray:
     """Counts placed on the epoch grid by their time offsets from the start; absent epochs are NaN."""
-    off_grid = (offsets < 0) | (offsets % per_epoch != 0)
-    if off_grid.any():
-        row = int(np.argmax(off_grid))
+    off_grid = np.flatnonzero((offsets < 0) | (offsets % per_epoch != 0))
+    if off_grid.size:
+        named = ", ".join(row_label(int(row)) for row in off_grid[:OFF_GRID_ROWS_NAMED])
+        more = (
+            f" and {off_grid.size - OFF_GRID_ROWS_NAMED:,} more"
+            if off_grid.size > OFF_GRID_ROWS_NAMED
+            else ""
+        )
         raise InvalidInput(
-            f"{row_label(row)}: the timestamp is not on the {epoch}-s epoch grid that starts at the "
-            "recording's start"
+            f"{named}{more}: the timestamp is not on the {epoch}-s epoch grid that starts at the "
+            f"recording's start ({off_grid.size:,} row(s) off the grid)"
         )
     index = offsets // per_epoch
     not_increasing = np.diff(index) <= 0
@@ -431,6 +465,32 @@ def _place(
     values = np.full(int(index[-1]) + 1, np.nan)
     values[index] = counts
     return values
+
+
+def _continuous_across_spring_forward(
+    offsets_us: np.ndarray, naive_start: datetime, zone: ZoneInfo, epoch_us: int
+) -> np.ndarray:
+    """Elapsed offsets of naive local timestamps, with a clock that followed a spring-forward read as
+    continuous: where two consecutive rows are exactly one epoch apart in real time but one epoch plus
+    the zone's DST gap apart on the clock, the gap is taken out of every later offset."""
+    if offsets_us.size < 2:
+        return offsets_us
+    naive = pd.DatetimeIndex(pd.Timestamp(naive_start) + pd.to_timedelta(offsets_us, unit="us"))
+    # Clock times that do not exist or occur twice in the zone give NaT: they prove nothing here.
+    instants = naive.tz_localize(zone, nonexistent="NaT", ambiguous="NaT")
+    valid = ~instants.isna()
+    if valid.all() and instants[0] - instants[-1] == naive[0] - naive[-1]:
+        return offsets_us
+    utc_us = np.where(valid, instants.as_unit("us").asi8, 0)
+    elapsed = np.diff(utc_us)
+    clock = np.diff(offsets_us)
+    pair = valid[:-1] & valid[1:]
+    jumps = np.flatnonzero(pair & (elapsed == epoch_us) & (clock > epoch_us))
+    if not jumps.size:
+        return offsets_us
+    shift = np.zeros(offsets_us.size, dtype=np.int64)
+    np.add.at(shift, jumps + 1, clock[jumps] - elapsed[jumps])
+    return offsets_us - np.cumsum(shift)
 
 
 def _check_span(epochs: int, epoch: int, maximum: int) -> None:

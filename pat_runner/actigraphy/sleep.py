@@ -12,11 +12,20 @@ the reference most actigraphy research reports against:
   capped at 300). The R package actigraph.sleepr (D. Petkova) reproduces ActiLife's epoch scores
   with exactly these conventions and documents them.
 
-The main sleep period of a night is found with the rule of Tudor-Locke C, et al. Fully automated
-waist-worn accelerometer algorithm for detecting children's sleep-period time separate from 24-h
-physical activity or sedentary behaviors. Appl Physiol Nutr Metab 2014;39(1):53-57 — the rule ActiLife
-offers with its defaults: a period starts at the first of 5 consecutive sleep minutes, ends before
-the first of 10 consecutive wake minutes, and counts when it lasts at least 160 minutes.
+Sleep periods are found with one of two rules (`SleepPeriodAlgorithm`):
+
+* `tudor_locke` — Tudor-Locke C, et al. Fully automated waist-worn accelerometer algorithm for
+  detecting children's sleep-period time separate from 24-h physical activity or sedentary behaviors.
+  Appl Physiol Nutr Metab 2014;39(1):53-57, as ActiLife's "Tudor-Locke Default": a period starts at the
+  first of 5 consecutive sleep minutes, ends before the first of 10 consecutive wake minutes, and
+  counts when it lasts at least 160 minutes.
+* `actigraph` — ActiGraph's own variant used by ActiLife/CentrePoint batch exports (ActiGraph support,
+  "How did ActiGraph develop the automatic sleep-detection algorithm used in CentrePoint to estimate
+  in-bed and out-of-bed times?"): the same, except that wake is the first 12 consecutive wake minutes.
+
+Both take ActiLife's maximum sleep-period length of 1,440 minutes: a longer "period" is not sleep
+(almost always an undetected non-wear) and is dropped. A period never spans non-wear: the minutes
+between non-wear periods are searched separately.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 SleepMethod = Literal["sadeh", "cole_kripke"]
+SleepPeriodAlgorithm = Literal["tudor_locke", "actigraph"]
 
 # Sadeh 1994, Table 3 (the published discriminant function, as ActiLife uses it).
 SADEH_INTERCEPT = 7.601
@@ -48,10 +58,27 @@ COLE_KRIPKE_SLEEP_BELOW = 1.0
 ACTILIFE_COUNT_DIVISOR = 100.0  # ActiLife scales ActiGraph counts before applying Cole–Kripke
 ACTILIFE_SCALED_CAP = 300.0
 
-# Tudor-Locke et al. 2014, the defaults ActiLife proposes.
-SLEEP_PERIOD_START_RUN = 5
-SLEEP_PERIOD_END_RUN = 10
-SLEEP_PERIOD_MIN_MINUTES = 160
+
+@dataclass(frozen=True)
+class SleepPeriodRule:
+    """Bedtime after `start_run` sleep minutes, wake at `end_run` wake minutes, length limits (min)."""
+
+    start_run: int
+    end_run: int
+    min_minutes: int
+    max_minutes: int
+    text: str
+
+
+SLEEP_PERIOD_MAX_MINUTES = 1_440  # ActiLife's cap on a sleep period
+SLEEP_PERIOD_RULES: dict[SleepPeriodAlgorithm, SleepPeriodRule] = {
+    "tudor_locke": SleepPeriodRule(
+        5, 10, 160, SLEEP_PERIOD_MAX_MINUTES, "Tudor-Locke et al. 2014 (ActiLife Tudor-Locke Default)"
+    ),
+    "actigraph": SleepPeriodRule(
+        5, 12, 160, SLEEP_PERIOD_MAX_MINUTES, "ActiGraph sleep-period detection (ActiLife/CentrePoint)"
+    ),
+}
 
 
 def _window_sum(values: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -131,29 +158,46 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int, bool]]:
     return [(int(a), int(b), bool(flags[a])) for a, b in zip(starts, stops, strict=True)]
 
 
-def sleep_periods(asleep: np.ndarray) -> list[tuple[int, int]]:
-    """Sleep periods (start, stop exclusive) by Tudor-Locke et al. (2014) with ActiLife's defaults.
+def sleep_periods(
+    asleep: np.ndarray,
+    algorithm: SleepPeriodAlgorithm = "tudor_locke",
+    *,
+    breaks: np.ndarray | None = None,
+) -> list[tuple[int, int]]:
+    """Sleep periods (start, stop exclusive) by the named rule (module docstring).
 
-    A period starts at the first epoch of a run of ≥ 5 consecutive sleep epochs and ends at the last
-    sleep epoch before the next run of ≥ 10 consecutive wake epochs (or the end of the data); periods
-    shorter than 160 minutes are dropped.
+    A period starts at the first epoch of a run of ≥ `start_run` consecutive sleep epochs and ends at
+    the last sleep epoch before the next run of ≥ `end_run` consecutive wake epochs (or the end of the
+    data or of a segment between `breaks`, the non-wear minutes, which are never inside a period);
+    periods shorter than `min_minutes` or longer than `max_minutes` are dropped.
     """
+    rule = SLEEP_PERIOD_RULES[algorithm]
+    if breaks is None or not breaks.any():
+        return _periods_in(asleep, 0, rule)
+    periods: list[tuple[int, int]] = []
+    for segment_start, segment_stop, is_break in _runs(breaks.astype(bool)):
+        if not is_break:
+            periods += _periods_in(asleep[segment_start:segment_stop], segment_start, rule)
+    return periods
+
+
+def _periods_in(asleep: np.ndarray, offset: int, rule: SleepPeriodRule) -> list[tuple[int, int]]:
     periods: list[tuple[int, int]] = []
     start: int | None = None
     last_sleep_stop = 0
     for run_start, run_stop, is_sleep in _runs(asleep):
         length = run_stop - run_start
         if is_sleep:
-            if start is None and length >= SLEEP_PERIOD_START_RUN:
+            if start is None and length >= rule.start_run:
                 start = run_start
             if start is not None:
                 last_sleep_stop = run_stop
-        elif start is not None and length >= SLEEP_PERIOD_END_RUN:
+        elif start is not None and length >= rule.end_run:
             periods.append((start, last_sleep_stop))
             start = None
     if start is not None:
         periods.append((start, last_sleep_stop))
-    return [(a, b) for a, b in periods if b - a >= SLEEP_PERIOD_MIN_MINUTES]
+    return [(offset + a, offset + b) for a, b in periods if rule.min_minutes <= b - a <= rule.max_minutes]
 
 
 @dataclass(frozen=True)

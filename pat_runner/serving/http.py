@@ -13,6 +13,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse, Response
@@ -77,6 +78,11 @@ def _validation_message(detail: Any) -> str:
         loc = ".".join(str(p) for p in item.get("loc", ()))
         parts.append(f"{loc}: {item.get('msg', 'invalid')}" if loc else str(item.get("msg", "invalid")))
     return "; ".join(parts)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """A pydantic `ValidationError` as the same one line: where and what, never the input."""
+    return _validation_message(exc.errors(include_url=False, include_input=False))
 
 
 def normalize_error(status: int, body: bytes) -> tuple[int, str, str]:

@@ -23,6 +23,7 @@ from pat_runner import telemetry
 from pat_runner.actigraphy.fhir import build_bundle
 from pat_runner.actigraphy.metrics import actigraphy_metrics
 from pat_runner.actigraphy.preprocess import PIPELINE_VERSION, Preprocessed, RawRecording, preprocess
+from pat_runner.actigraphy.wear import NonwearAlgorithm
 from pat_runner.cache.cache import CacheKey, Outcome, ResultCache
 from pat_runner.errors import ModelUnavailable
 from pat_runner.model import WEEK_MINUTES
@@ -56,12 +57,14 @@ class Plan:
     metrics: bool
     pat: bool
     sleep_algorithm: str
+    sleep_period_algorithm: str
+    nonwear_algorithm: NonwearAlgorithm
     return_metrics: bool
     return_pat: bool
     fhir: bool
 
     @classmethod
-    def of(cls, options: AnalyzeOptions, model: ModelInfo) -> Plan:
+    def of(cls, options: AnalyzeOptions, model: ModelInfo, settings: Settings) -> Plan:
         outputs = set(options.outputs)
         fhir = "fhir" in outputs
         return cls(
@@ -69,6 +72,8 @@ class Plan:
             # FHIR carries PAT only as the head's RiskAssessment; an encoder-only model adds nothing there.
             pat="pat" in outputs or (fhir and model.head_task is not None),
             sleep_algorithm=options.sleep_algorithm,
+            sleep_period_algorithm=options.sleep_period_algorithm,
+            nonwear_algorithm=options.nonwear_algorithm or settings.nonwear_algorithm,
             return_metrics="metrics" in outputs,
             return_pat="pat" in outputs,
             fhir=fhir,
@@ -78,7 +83,14 @@ class Plan:
         """The choices that change the computed result: the cache key's options."""
         options = set()
         if self.metrics:
-            options.update({"metrics", f"sleep_algorithm={self.sleep_algorithm}"})
+            options.update(
+                {
+                    "metrics",
+                    f"sleep_algorithm={self.sleep_algorithm}",
+                    f"sleep_period_algorithm={self.sleep_period_algorithm}",
+                    f"nonwear_algorithm={self.nonwear_algorithm}",
+                }
+            )
         if self.pat:
             options.add("pat")
         return frozenset(options)
@@ -184,14 +196,21 @@ class Analyzer:
         if plan.metrics:
             with telemetry.span("metrics", minutes=len(pre.minutes)):
                 metrics = await anyio.to_thread.run_sync(
-                    lambda: actigraphy_metrics(pre.minutes, unit=raw.unit, sleep_method=plan.sleep_algorithm)
+                    lambda: actigraphy_metrics(
+                        pre.minutes,
+                        unit=raw.unit,
+                        sleep_method=plan.sleep_algorithm,
+                        sleep_period_algorithm=plan.sleep_period_algorithm,
+                        nonwear_algorithm=plan.nonwear_algorithm,
+                        min_night_coverage=self.settings.min_night_coverage,
+                    )
                 )
         pat = await self.run_pat(pre, per_patch=False) if plan.pat else None
         return ComputedResult(quality=pre.quality, metrics=metrics, pat=pat, warnings=list(pre.warnings))
 
     async def analyze(self, raw: RawRecording, options: AnalyzeOptions, *, request_id: str) -> Analysis:
         """Analyse one recording (from JSON via `to_raw`, or straight from a device-file reader)."""
-        plan = Plan.of(options, self.model)
+        plan = Plan.of(options, self.model, self.settings)
         pre, facts = await self.preprocess(raw)
         key = self.cache.make_key(
             CacheKey(

@@ -11,17 +11,21 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import available_timezones
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pat_runner.actigraphy.metrics import ActigraphyMetrics
 from pat_runner.actigraphy.preprocess import QualityReport
+from pat_runner.actigraphy.sleep import SleepPeriodAlgorithm
+from pat_runner.actigraphy.wear import NonwearAlgorithm
 from pat_runner.model.info import ModelInfo
+from pat_runner.settings import MAX_RECORDING_MINUTES_CAP
 
 Output = Literal["metrics", "pat", "fhir"]
 Unit = Literal["counts", "steps", "other"]
 
 # Hard schema caps; the configurable, tighter limits are checked in preprocessing (422 with a reason).
-MAX_VALUES = 12 * 10_080 * 4  # twelve weeks of 15-s epochs
+# The length cap is in minutes: at most MAX_RECORDING_MINUTES_CAP × epochs per minute values.
+MAX_VALUES = MAX_RECORDING_MINUTES_CAP * 60  # twelve weeks of 1-s epochs
 SUBJECT_PATTERN = r"^[A-Za-z]{1,64}/[A-Za-z0-9\-\.]{1,64}$"
 
 _EXAMPLE_VALUES: list[float | None] = [0, 12, None, 340, 512, 95, 0, 0]
@@ -103,6 +107,18 @@ class Recording(_Strict):
             raise ValueError(f"unknown IANA time zone {value!r}")
         return value
 
+    @model_validator(mode="after")
+    def _length_in_minutes(self) -> Recording:
+        # `values` alone caps at 1-s epochs; longer epochs allow proportionally fewer values.
+        per_minute = max(60 // self.epoch_seconds, 1)
+        limit = MAX_RECORDING_MINUTES_CAP * per_minute
+        if len(self.values) > limit:
+            raise ValueError(
+                f"values: {len(self.values):,} epochs of {self.epoch_seconds} s are more than "
+                f"{MAX_RECORDING_MINUTES_CAP:,} minutes ({limit:,} values)"
+            )
+        return self
+
 
 class AnalyzeOptions(_Strict):
     outputs: list[Output] = Field(
@@ -114,6 +130,17 @@ class AnalyzeOptions(_Strict):
     )
     sleep_algorithm: Literal["cole_kripke", "sadeh"] = Field(
         "cole_kripke", description="Sleep/wake scoring algorithm for the sleep metrics."
+    )
+    sleep_period_algorithm: SleepPeriodAlgorithm = Field(
+        "tudor_locke",
+        description="Sleep-period rule: `tudor_locke` (ActiLife's Tudor-Locke Default: 5 sleep minutes "
+        "start, 10 wake minutes end, 160-1,440 min) or `actigraph` (ActiGraph's variant: 12 wake minutes).",
+    )
+    nonwear_algorithm: NonwearAlgorithm | None = Field(
+        None,
+        description="Non-wear rule shared by days and nights: `choi` (Choi 2011), `troiano` (Troiano "
+        "2008) or `none` (as ActiLife's sleep scoring); null: the service's default "
+        "(`PAT_NONWEAR_ALGORITHM`).",
     )
 
 
