@@ -24,18 +24,19 @@ from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import InvalidInput, PayloadTooLarge, ServiceError
 from pat_runner.serving.audit import AuditMiddleware, configure_logging
 from pat_runner.serving.auth import FirebaseAuthMiddleware, check_auth_config
+from pat_runner.serving.forms import FormOutputs, FormSubject, FormTimezone, forbid_unknown_fields
 from pat_runner.serving.http import (
     DocsMiddleware,
     ErrorEnvelopeMiddleware,
     RequestLimitsMiddleware,
     SecurityHeadersMiddleware,
+    downgrade_client_error_logs,
     error_response,
 )
 from pat_runner.serving.openapi import enrich
 from pat_runner.serving.pipeline import Analyzer, served_model
 from pat_runner.serving.runner import PATModel
 from pat_runner.serving.schemas import (
-    SUBJECT_PATTERN,
     AnalyzeOptions,
     AnalyzeResponse,
     BatchItem,
@@ -45,7 +46,6 @@ from pat_runner.serving.schemas import (
     ErrorDetail,
     InvalidateResponse,
     ModelsResponse,
-    Output,
     Recording,
 )
 from pat_runner.settings import get_settings
@@ -54,6 +54,7 @@ DEFAULT_ANALYZE = AnalyzeOptions()
 DEFAULT_EMBED = EmbedOptions()
 settings = get_settings()
 configure_logging(settings.log_level)
+downgrade_client_error_logs()
 telemetry.configure_tracing()
 # Fail closed before BentoML starts any worker: a misconfigured server must not come up at all.
 check_auth_config(settings)
@@ -161,9 +162,9 @@ class PATService:
         self,
         ctx: bentoml.Context,
         file: Path,
-        timezone: str = "UTC",
-        subject: Annotated[str, Field(pattern=f"^$|{SUBJECT_PATTERN}")] = "",
-        outputs: list[Output] = DEFAULT_ANALYZE.outputs,
+        timezone: FormTimezone = "UTC",
+        subject: FormSubject = "",
+        outputs: FormOutputs = DEFAULT_ANALYZE.outputs,
     ) -> AnalyzeResponse:
         """Analyse a device export uploaded as multipart/form-data: ActiGraph `.agd` or CSV, Actiwatch
         `.awd`. Timestamps in the file are read as local clock time in `timezone`."""
@@ -240,7 +241,13 @@ PATService.add_asgi_middleware(AuditMiddleware)
 PATService.add_asgi_middleware(SecurityHeadersMiddleware, tls=bool(settings.tls_certfile))
 PATService.add_asgi_middleware(ErrorEnvelopeMiddleware)
 PATService.add_asgi_middleware(FirebaseAuthMiddleware, settings=settings)
-PATService.add_asgi_middleware(DocsMiddleware, openapi=lambda: enrich(PATService.openapi_spec.asdict()))
+forbid_unknown_fields([api.input_spec for api in PATService.apis.values()])
+PATService.add_asgi_middleware(
+    DocsMiddleware,
+    openapi=lambda: enrich(PATService.openapi_spec.asdict(), settings),
+    client_schema=lambda: PATService.schema(),
+    auth_enabled=settings.auth != "disabled",
+)
 PATService.add_asgi_middleware(
     RequestLimitsMiddleware,
     max_request_bytes=settings.max_request_bytes,

@@ -51,6 +51,8 @@ DOCS_CSP = (
     "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
+# Our Swagger UI initializer, under BentoML's asset prefix so the docs CSP and the docs auth rule apply.
+DOCS_SCRIPT_PATH = "/static_content/pat-docs.js"
 
 
 def request_id_of(scope: Scope) -> str | None:
@@ -246,6 +248,14 @@ async def _upload_problem(headers: Headers, body: bytes) -> tuple[int, str, str]
     except MultiPartException as exc:
         return 422, "malformed_multipart", f"could not parse the multipart body: {exc.message}"
     try:
+        repeated = sorted(name for name in set(form.keys()) if len(form.getlist(name)) > 1)
+        if repeated:
+            # BentoML would keep only the last value of a repeated text field, silently.
+            return (
+                422,
+                "validation_error",
+                f"field `{repeated[0]}` is sent more than once; send a list as one comma-separated value",
+            )
         file = form.get("file")
         if not isinstance(file, UploadFile):
             return (
@@ -289,25 +299,114 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, with_headers)
 
 
-class DocsMiddleware:
-    """Serves the Swagger UI page without BentoML's Google Tag Manager script, and the enriched OpenAPI
-    document (`pat_runner.serving.openapi`) at `/docs.json`. Sits behind authentication."""
+AUTH_NOTE_ON = (
+    "Authentication is on: every call needs <code>Authorization: Bearer &lt;Firebase ID token&gt;</code> of "
+    "a user whose custom claim <code>pat_role</code> is <code>clinician</code>, <code>service</code> or "
+    "<code>admin</code>. Sign the user in with the Firebase Auth SDK (web: <code>getIdToken()</code>; "
+    "REST: <code>accounts:signInWithPassword</code> → <code>idToken</code>) and paste the token into "
+    "<em>Authorize</em>. An administrator grants the role (docs/api.md)."
+)
+AUTH_NOTE_OFF = (
+    "Authentication is <strong>disabled</strong> on this server (<code>PAT_AUTH=disabled</code>, a "
+    "loopback-only development server): calls need no token and act with the admin role."
+)
 
-    def __init__(self, app: ASGIApp, *, openapi: Callable[[], dict[str, Any]]) -> None:
+
+def client_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """`/schema.json` for `bentoml.SyncHTTPClient`: its encoder keeps only the properties a nested input
+    schema lists, so an unknown field would be dropped silently on the client while raw HTTP gets 422.
+    Nested input objects are listed without their properties, so the client forwards them as given and
+    the server's validation answers both alike."""
+    schema = json.loads(json.dumps(schema))
+    for route in schema.get("routes", []):
+        for prop in route.get("input", {}).get("properties", {}).values():
+            _opaque(prop)
+    return schema
+
+
+def _opaque(node: dict[str, Any]) -> None:
+    node.pop("properties", None)
+    items = node.get("items")
+    if isinstance(items, dict):
+        _opaque(items)
+    for option in node.get("anyOf", []):
+        if isinstance(option, dict):
+            _opaque(option)
+
+
+class ClientErrorLogFilter(logging.Filter):
+    """BentoML logs every request it refuses with ERROR and a traceback ("Exception on /v1/analyze"),
+    validation failures included. Those are the client's errors: INFO without the traceback, so an
+    alert on ERROR means a server fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+        if record.levelno >= logging.ERROR and exc is not None and _is_client_error(exc):
+            record.levelno = logging.INFO
+            record.levelname = "INFO"
+            record.msg = f"client error ({type(exc).__name__}) on %s [%s]"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return True
+    return isinstance(exc, BentoMLException) and 400 <= int(exc.error_code.value) < 500
+
+
+def downgrade_client_error_logs() -> None:
+    """Installs `ClientErrorLogFilter` on the logger of BentoML's request handler."""
+    handler_logger = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, ClientErrorLogFilter) for f in handler_logger.filters):
+        handler_logger.addFilter(ClientErrorLogFilter())
+
+
+class DocsMiddleware:
+    """Serves the Swagger UI page (without BentoML's Google Tag Manager script, with our initializer:
+    no third-party validator, the auth note), the OpenAPI document (`pat_runner.serving.openapi`) at
+    `/docs.json` and BentoML's client schema at `/schema.json` (`client_schema`). Sits behind
+    authentication."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        openapi: Callable[[], dict[str, Any]],
+        client_schema: Callable[[], dict[str, Any]],
+        auth_enabled: bool,
+    ) -> None:
         self.app = app
-        self.page = resources.files("pat_runner.serving").joinpath("static/docs.html").read_bytes()
+        static = resources.files("pat_runner.serving").joinpath("static")
+        note = AUTH_NOTE_ON if auth_enabled else AUTH_NOTE_OFF
+        self.page = static.joinpath("docs.html").read_text().replace("{{auth_note}}", note).encode()
+        self.script = static.joinpath("docs.js").read_bytes()
         self.openapi = openapi
-        self._openapi_body: bytes | None = None
+        self.client_schema = client_schema
+        self._bodies: dict[str, bytes] = {}
+
+    def _body(self, path: str) -> bytes:
+        if path not in self._bodies:
+            document = self.openapi() if path == "/docs.json" else client_schema(self.client_schema())
+            self._bodies[path] = json.dumps(document).encode()
+        return self._bodies[path]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        if scope["path"] in ("/", ""):
-            await Response(self.page, media_type="text/html; charset=utf-8")(scope, receive, send)
-        elif scope["path"] == "/docs.json":
-            if self._openapi_body is None:
-                self._openapi_body = json.dumps(self.openapi()).encode()
-            await Response(self._openapi_body, media_type="application/json")(scope, receive, send)
+        path = scope["path"]
+        if path in ("/", ""):
+            response = Response(self.page, media_type="text/html; charset=utf-8")
+        elif path == DOCS_SCRIPT_PATH:
+            response = Response(self.script, media_type="text/javascript; charset=utf-8")
+        elif path in ("/docs.json", "/schema.json"):
+            response = Response(self._body(path), media_type="application/json")
         else:
             await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
