@@ -21,7 +21,8 @@ pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 HOST = "pat.internal.test"
-DEVICE_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "actigraphy" / "ActiSleepPlus-RawData-Day01.agd"
+ACTIGRAPHY = Path(__file__).resolve().parents[2] / "shared" / "data" / "actigraphy"
+DEVICE_FILE = ACTIGRAPHY / "ActiSleepPlus-RawData-Day01.agd"
 
 
 @pytest.fixture(scope="module")
