@@ -1,10 +1,9 @@
 """The text fields of the upload form (`/v1/analyze/file`) and the unknown-field rule of every endpoint.
 
-A browser form (Swagger UI's included) sends a list as one comma-separated value, and a client may send
-it as a JSON array (BentoML decodes a field that parses as JSON); both mean the same. A repeated field is
-refused before BentoML, which would keep only its last value (`RequestLimitsMiddleware`). The time zone
-is checked like `Recording.timezone`, so one cause answers with one code (`validation_error`) on every
-endpoint.
+A browser form (Swagger UI's included) sends a list as one comma-separated value, a client may send it as
+a JSON array (BentoML decodes a field that parses as JSON) or repeat the field (OpenAPI's default, which
+`RequestLimitsMiddleware` merges into a JSON array); all three mean the same. The time zone is checked
+like `Recording.timezone`, so one cause answers with one code (`validation_error`) on every endpoint.
 """
 
 from __future__ import annotations

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from starlette.datastructures import Headers, UploadFile
+from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -205,10 +206,17 @@ class RequestLimitsMiddleware:
                 return
             if not message.get("more_body", False):
                 break
-        problem = await _upload_problem(headers, bytes(body)) if is_upload else _json_problem(headers)
-        if problem is not None:
-            await self._reject(scope, send, *problem)
-            return
+        if scope["method"] == "POST":
+            # Other methods are BentoML's 405; a check here would answer them with a 4xx of the body.
+            if is_upload:
+                problem, merged = await _check_upload(headers, bytes(body))
+                if merged is not None:
+                    body, scope = bytearray(merged), _with_body_headers(scope, merged)
+            else:
+                problem = _json_problem(headers)
+            if problem is not None:
+                await self._reject(scope, send, *problem)
+                return
         replayed = False
 
         async def replay() -> Message:
@@ -234,10 +242,15 @@ def _json_problem(headers: Headers) -> tuple[int, str, str] | None:
     return None
 
 
-async def _upload_problem(headers: Headers, body: bytes) -> tuple[int, str, str] | None:
-    """The upload must be multipart/form-data whose `file` field is a file part, not a string."""
+async def _check_upload(headers: Headers, body: bytes) -> tuple[tuple[int, str, str] | None, bytes | None]:
+    """The upload must be multipart/form-data whose `file` field is a file part, not a string. Returns
+    the problem, if any, and a rewritten body when a text field is repeated (`_merge_repeated`)."""
     if headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
-        return 415, "unsupported_media_type", "upload the device file as multipart/form-data (field `file`)"
+        return (
+            415,
+            "unsupported_media_type",
+            "upload the device file as multipart/form-data (field `file`)",
+        ), None
 
     async def stream():
         yield body
@@ -246,26 +259,55 @@ async def _upload_problem(headers: Headers, body: bytes) -> tuple[int, str, str]
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        return 422, "malformed_multipart", f"could not parse the multipart body: {exc.message}"
+        return (422, "malformed_multipart", f"could not parse the multipart body: {exc.message}"), None
     try:
-        repeated = sorted(name for name in set(form.keys()) if len(form.getlist(name)) > 1)
-        if repeated:
-            # BentoML would keep only the last value of a repeated text field, silently.
-            return (
-                422,
-                "validation_error",
-                f"field `{repeated[0]}` is sent more than once; send a list as one comma-separated value",
-            )
         file = form.get("file")
         if not isinstance(file, UploadFile):
-            return (
-                422,
-                "validation_error",
-                "field `file` must be an uploaded file part (URLs are not fetched)",
-            )
+            message = "field `file` must be an uploaded file part (URLs are not fetched)"
+            return (422, "validation_error", message), None
+        if all(len(form.getlist(name)) == 1 for name in form):
+            return None, None
+        return None, await _merge_repeated(form)
     finally:
         await form.close()
-    return None
+
+
+async def _merge_repeated(form: FormData) -> bytes:
+    """OpenAPI's default multipart encoding of a list repeats the field (`outputs=metrics`,
+    `outputs=pat`), but BentoML keeps only a repeated field's last value. The body is rebuilt with each
+    repeated text field as one JSON array, which BentoML decodes (a repeated scalar then fails
+    validation, as it should)."""
+    boundary = secrets.token_hex(16)
+    parts: list[bytes] = []
+    for name in dict.fromkeys(form.keys()):
+        values = form.getlist(name)
+        quoted = name.replace('"', "%22")
+        if isinstance(values[0], UploadFile):
+            upload = values[0]
+            await upload.seek(0)
+            filename = (upload.filename or "upload").replace('"', "%22")
+            media_type = upload.content_type or "application/octet-stream"
+            head = (
+                f'Content-Disposition: form-data; name="{quoted}"; filename="{filename}"\r\n'
+                f"Content-Type: {media_type}\r\n\r\n"
+            )
+            content = await upload.read()
+        else:
+            text = [str(value) for value in values]
+            head = f'Content-Disposition: form-data; name="{quoted}"\r\n\r\n'
+            content = (json.dumps(text) if len(text) > 1 else text[0]).encode()
+        parts.append(f"--{boundary}\r\n{head}".encode() + content + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def _with_body_headers(scope: Scope, body: bytes) -> Scope:
+    boundary = body[2 : body.index(b"\r\n")]
+    headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+    headers += [
+        (b"content-type", b"multipart/form-data; boundary=" + boundary),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return {**scope, "headers": headers}
 
 
 class SecurityHeadersMiddleware:

@@ -313,8 +313,8 @@ def _upload_form(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
     props["timezone"]["description"] = "IANA time zone the file's clock times are read in."
     props["subject"]["description"] = "FHIR reference of the wearer (e.g. `Patient/123`), or empty."
     props["outputs"]["description"] = (
-        "Which parts to compute: one comma-separated value (`metrics,pat,fhir`) or a JSON array "
-        '(`["metrics"]`); the field must not be repeated.'
+        "Which parts to compute: the field repeated, one comma-separated value (`metrics,pat,fhir`) or "
+        'a JSON array (`["metrics"]`).'
     )
     schema["additionalProperties"] = False
     return schema
