@@ -208,3 +208,14 @@ def test_example_client_documented_upload_and_admin_calls(pat_server, tokens, tm
         assert result["metrics"] is not None and result["pat"] is None
         assert client.invalidate_cache(model_tag="")["removed"] >= 0
         assert client.request("GET", "/v1/models").json()["models"][0]["tag"]
+
+
+def test_docs_page_says_how_to_get_a_token_and_calls_no_validator(pat_server, tokens) -> None:
+    headers = {"Authorization": f"Bearer {tokens['clinician']}"}
+    page = httpx.get(f"{pat_server.url}/", headers=headers, timeout=30)
+    assert page.status_code == 200
+    assert "Authentication is on" in page.text and "pat_role" in page.text
+    assert "static_content/pat-docs.js" in page.text and "swagger-initializer.js" not in page.text
+    script = httpx.get(f"{pat_server.url}/static_content/pat-docs.js", headers=headers, timeout=30)
+    assert script.status_code == 200
+    assert "validatorUrl: null" in script.text
