@@ -408,7 +408,8 @@ def _api_operation(
         "summary": spec.summary,
         "description": description,
         "operationId": spec.operation_id,
-        "requestBody": {"required": True, "content": {media_type: media}},
+        # A body whose every field has a default may be omitted (`/v1/cache/invalidate`).
+        "requestBody": {"required": bool(request_schema.get("required")), "content": {media_type: media}},
         "responses": {
             "200": {
                 "description": "Successful Response",
