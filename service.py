@@ -233,6 +233,8 @@ async def _get_models(request: Request) -> JSONResponse:
 
 models_app.router.routes.append(Route("/v1/models", _get_models, methods=["GET"]))
 PATService.mount_asgi_app(models_app, path="/")
+# Unknown top-level fields are refused like nested ones (BentoML's generated input models ignore them).
+forbid_unknown_fields([api.input_spec for api in PATService.apis.values()])
 
 # First added = outermost: audit sees every final status; errors are enveloped before audit logs them;
 # authentication runs before the docs are served and before any body is read; limits run before
@@ -241,11 +243,10 @@ PATService.add_asgi_middleware(AuditMiddleware)
 PATService.add_asgi_middleware(SecurityHeadersMiddleware, tls=bool(settings.tls_certfile))
 PATService.add_asgi_middleware(ErrorEnvelopeMiddleware)
 PATService.add_asgi_middleware(FirebaseAuthMiddleware, settings=settings)
-forbid_unknown_fields([api.input_spec for api in PATService.apis.values()])
 PATService.add_asgi_middleware(
     DocsMiddleware,
     openapi=lambda: enrich(PATService.openapi_spec.asdict(), settings),
-    client_schema=lambda: PATService.schema(),
+    client_schema=PATService.schema,
     auth_enabled=settings.auth != "disabled",
 )
 PATService.add_asgi_middleware(
