@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 FIREBASE_DIR := tests/firebase
 
-.PHONY: install install-test node-deps redis serve test lint bench
+.PHONY: install install-test node-deps redis serve test test-browser chromium lint bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,14 @@ lint: install-test
 
 test: install-test node-deps redis lint
 	$(VENV)/bin/pytest -q
+
+# Debian's Chromium and its chromedriver for the docs-page test; installed only when missing.
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
+
+test-browser: install-test chromium
+	$(VENV)/bin/pytest -q -m browser tests/test_docs_browser.py
 
 bench: install
 	$(PY) scripts/bench_encode.py

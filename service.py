@@ -30,11 +30,13 @@ from pat_runner.model.store import read_model_info, read_stored_scaler
 from pat_runner.serving import routes
 from pat_runner.serving.audit import AuditMiddleware, configure_logging
 from pat_runner.serving.auth import FirebaseAuthMiddleware, check_auth_config
+from pat_runner.serving.forms import FormOutputs, FormSubject, FormTimezone, forbid_unknown_fields
 from pat_runner.serving.http import (
     DocsMiddleware,
     ErrorEnvelopeMiddleware,
     RequestLimitsMiddleware,
     SecurityHeadersMiddleware,
+    downgrade_client_error_logs,
     error_response,
     validation_message,
 )
@@ -42,7 +44,6 @@ from pat_runner.serving.openapi import enrich
 from pat_runner.serving.pipeline import Analyzer, InputFacts, to_raw
 from pat_runner.serving.runner import PATModel
 from pat_runner.serving.schemas import (
-    SUBJECT_PATTERN,
     AnalyzeOptions,
     AnalyzeResponse,
     BatchItem,
@@ -52,7 +53,6 @@ from pat_runner.serving.schemas import (
     ErrorDetail,
     InvalidateResponse,
     ModelsResponse,
-    Output,
     Recording,
 )
 from pat_runner.settings import get_settings
@@ -61,6 +61,7 @@ DEFAULT_ANALYZE = AnalyzeOptions()
 DEFAULT_EMBED = EmbedOptions()
 settings = get_settings()
 configure_logging(settings.log_level)
+downgrade_client_error_logs()
 telemetry.configure_tracing()
 # Fail closed before BentoML starts any worker: a misconfigured server must not come up at all.
 check_auth_config(settings)
@@ -191,9 +192,9 @@ class PATService:
         self,
         ctx: bentoml.Context,
         file: Path,
-        timezone: str = "",
-        subject: Annotated[str, Field(pattern=f"^$|{SUBJECT_PATTERN}")] = "",
-        outputs: list[Output] = DEFAULT_ANALYZE.outputs,
+        timezone: FormTimezone = "",
+        subject: FormSubject = "",
+        outputs: FormOutputs = DEFAULT_ANALYZE.outputs,
         sleep_algorithm: SleepMethod = DEFAULT_ANALYZE.sleep_algorithm,
         sleep_period_algorithm: SleepPeriodAlgorithm = DEFAULT_ANALYZE.sleep_period_algorithm,
         nonwear_algorithm: Annotated[str, Field(pattern="^(|choi|troiano|none)$")] = "",
@@ -259,6 +260,8 @@ async def _get_models(request: Request) -> JSONResponse:
 
 models_app.router.routes.append(Route(routes.MODELS, _get_models, methods=["GET"]))
 PATService.mount_asgi_app(models_app, path="/")
+# Unknown top-level fields are refused like nested ones (BentoML's generated input models ignore them).
+forbid_unknown_fields([api.input_spec for api in PATService.apis.values()])
 # First added = outermost: audit sees every final status; errors are enveloped before audit logs them;
 # authentication runs before the docs are served and before any body is read; limits run before
 # BentoML parses the body.
@@ -266,7 +269,12 @@ PATService.add_asgi_middleware(AuditMiddleware)
 PATService.add_asgi_middleware(SecurityHeadersMiddleware, tls=bool(settings.tls_certfile))
 PATService.add_asgi_middleware(ErrorEnvelopeMiddleware)
 PATService.add_asgi_middleware(FirebaseAuthMiddleware, settings=settings)
-PATService.add_asgi_middleware(DocsMiddleware, openapi=lambda: enrich(PATService.openapi_spec.asdict()))
+PATService.add_asgi_middleware(
+    DocsMiddleware,
+    openapi=lambda: enrich(PATService.openapi_spec.asdict(), settings),
+    client_schema=PATService.schema,
+    auth_enabled=settings.auth != "disabled",
+)
 PATService.add_asgi_middleware(
     RequestLimitsMiddleware,
     max_request_bytes=settings.max_request_bytes,

@@ -4,9 +4,13 @@
         python examples/client.py
 
 `bentoml.SyncHTTPClient` reads the service's schema at `/schema.json` and exposes one method per
-endpoint (`analyze`, `analyze_batch`, `embed`, `analyze_file`, `models`, `invalidate_cache`) taking the
-same keyword arguments as the JSON body. `PAT_TOKEN` is a Firebase ID token of a caller whose custom
-claim `pat_role` is `service` or `clinician`; the quick-start server (`make serve`) needs none.
+BentoML endpoint (`analyze`, `analyze_batch`, `embed`, `analyze_file`, `invalidate_cache`) taking the
+same keyword arguments as the JSON body; unknown fields are refused (422 `validation_error`) as they are
+over raw HTTP. `GET /v1/models` is a plain route: `client.request("GET", "/v1/models").json()`.
+`analyze_file(file=Path("week.agd"), timezone="America/New_York", outputs=["metrics"])` uploads a device
+export; `invalidate_cache(model_tag="")` needs the admin role. Usage guidelines: docs/api.md.
+`PAT_TOKEN` is a Firebase ID token of a caller whose custom claim `pat_role` is `service` or
+`clinician`; the quick-start server (`make serve`) needs none.
 Errors arrive as `bentoml.exceptions.BentoMLException` whose message holds the JSON error body
 `{"error": {"code": ..., "message": ..., "request_id": ...}}`.
 """
@@ -51,6 +55,13 @@ def main() -> None:
         print("interdaily stability:", result["metrics"]["interdaily_stability"])
         print("PAT windows:", len(result["pat"]["windows"]), "FHIR entries:", len(result["fhir"]["entry"]))
         print("warnings:", result["warnings"])
+        # A nightly sync sends several recordings at once; each item has a result or its own error.
+        batch = client.analyze_batch(recordings=[load_week(), load_week()], options={"outputs": ["metrics"]})
+        print("batch:", [("ok" if item["result"] else item["error"]["code"]) for item in batch["results"]])
+        embedding = client.embed(recording=load_week(), options={"per_patch": False})
+        print("embedding size:", len(embedding["pat"]["windows"][0]["embedding"]))
+        models = client.request("GET", "/v1/models").json()["models"]
+        print("served model:", models[0]["tag"])
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ def render() -> str:
     # The document does not depend on how callers authenticate; importing the service checks that.
     os.environ.setdefault("PAT_AUTH", "disabled")
     from pat_runner.serving.openapi import enrich
-    from service import PATService
+    from service import PATService, settings
 
-    return json.dumps(enrich(PATService.openapi_spec.asdict()), indent=2) + "\n"
+    return json.dumps(enrich(PATService.openapi_spec.asdict(), settings), indent=2) + "\n"
 
 
 def main() -> int:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.datastructures import Headers, UploadFile
+from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,6 +53,8 @@ DOCS_CSP = (
     "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
+# Our Swagger UI initializer, under BentoML's asset prefix so the docs CSP and the docs auth rule apply.
+DOCS_SCRIPT_PATH = "/static_content/pat-docs.js"
 
 
 def request_id_of(scope: Scope) -> str | None:
@@ -212,10 +215,17 @@ class RequestLimitsMiddleware:
                 return
             if not message.get("more_body", False):
                 break
-        problem = await _upload_problem(headers, bytes(body)) if is_upload else _json_problem(headers)
-        if problem is not None:
-            await self._reject(scope, send, *problem)
-            return
+        if scope["method"] == "POST":
+            # Other methods are BentoML's 405; a check here would answer them with a 4xx of the body.
+            if is_upload:
+                problem, merged = await _check_upload(headers, bytes(body))
+                if merged is not None:
+                    body, scope = bytearray(merged), _with_body_headers(scope, merged)
+            else:
+                problem = _json_problem(headers)
+            if problem is not None:
+                await self._reject(scope, send, *problem)
+                return
         replayed = False
 
         async def replay() -> Message:
@@ -241,10 +251,15 @@ def _json_problem(headers: Headers) -> tuple[int, str, str] | None:
     return None
 
 
-async def _upload_problem(headers: Headers, body: bytes) -> tuple[int, str, str] | None:
-    """The upload must be multipart/form-data whose `file` field is a file part, not a string."""
+async def _check_upload(headers: Headers, body: bytes) -> tuple[tuple[int, str, str] | None, bytes | None]:
+    """The upload must be multipart/form-data whose `file` field is a file part, not a string. Returns
+    the problem, if any, and a rewritten body when a text field is repeated (`_merge_repeated`)."""
     if headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
-        return 415, "unsupported_media_type", "upload the device file as multipart/form-data (field `file`)"
+        return (
+            415,
+            "unsupported_media_type",
+            "upload the device file as multipart/form-data (field `file`)",
+        ), None
 
     async def stream():
         yield body
@@ -253,18 +268,55 @@ async def _upload_problem(headers: Headers, body: bytes) -> tuple[int, str, str]
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        return 422, "malformed_multipart", f"could not parse the multipart body: {exc.message}"
+        return (422, "malformed_multipart", f"could not parse the multipart body: {exc.message}"), None
     try:
         file = form.get("file")
         if not isinstance(file, UploadFile):
-            return (
-                422,
-                "validation_error",
-                "field `file` must be an uploaded file part (URLs are not fetched)",
-            )
+            message = "field `file` must be an uploaded file part (URLs are not fetched)"
+            return (422, "validation_error", message), None
+        if all(len(form.getlist(name)) == 1 for name in form):
+            return None, None
+        return None, await _merge_repeated(form)
     finally:
         await form.close()
-    return None
+
+
+async def _merge_repeated(form: FormData) -> bytes:
+    """OpenAPI's default multipart encoding of a list repeats the field (`outputs=metrics`,
+    `outputs=pat`), but BentoML keeps only a repeated field's last value. The body is rebuilt with each
+    repeated text field as one JSON array, which BentoML decodes (a repeated scalar then fails
+    validation, as it should)."""
+    boundary = secrets.token_hex(16)
+    parts: list[bytes] = []
+    for name in dict.fromkeys(form.keys()):
+        values = form.getlist(name)
+        quoted = name.replace('"', "%22")
+        if isinstance(values[0], UploadFile):
+            upload = values[0]
+            await upload.seek(0)
+            filename = (upload.filename or "upload").replace('"', "%22")
+            media_type = upload.content_type or "application/octet-stream"
+            head = (
+                f'Content-Disposition: form-data; name="{quoted}"; filename="{filename}"\r\n'
+                f"Content-Type: {media_type}\r\n\r\n"
+            )
+            content = await upload.read()
+        else:
+            text = [str(value) for value in values]
+            head = f'Content-Disposition: form-data; name="{quoted}"\r\n\r\n'
+            content = (json.dumps(text) if len(text) > 1 else text[0]).encode()
+        parts.append(f"--{boundary}\r\n{head}".encode() + content + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def _with_body_headers(scope: Scope, body: bytes) -> Scope:
+    boundary = body[2 : body.index(b"\r\n")]
+    headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+    headers += [
+        (b"content-type", b"multipart/form-data; boundary=" + boundary),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    return {**scope, "headers": headers}
 
 
 class SecurityHeadersMiddleware:
@@ -298,25 +350,114 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, with_headers)
 
 
-class DocsMiddleware:
-    """Serves the Swagger UI page without BentoML's Google Tag Manager script, and the enriched OpenAPI
-    document (`pat_runner.serving.openapi`) at `/docs.json`. Sits behind authentication."""
+AUTH_NOTE_ON = (
+    "Authentication is on: every call needs <code>Authorization: Bearer &lt;Firebase ID token&gt;</code> of "
+    "a user whose custom claim <code>pat_role</code> is <code>clinician</code>, <code>service</code> or "
+    "<code>admin</code>. Sign the user in with the Firebase Auth SDK (web: <code>getIdToken()</code>; "
+    "REST: <code>accounts:signInWithPassword</code> → <code>idToken</code>) and paste the token into "
+    "<em>Authorize</em>. An administrator grants the role (docs/api.md)."
+)
+AUTH_NOTE_OFF = (
+    "Authentication is <strong>disabled</strong> on this server (<code>PAT_AUTH=disabled</code>, a "
+    "loopback-only development server): calls need no token and act with the admin role."
+)
 
-    def __init__(self, app: ASGIApp, *, openapi: Callable[[], dict[str, Any]]) -> None:
+
+def client_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """`/schema.json` for `bentoml.SyncHTTPClient`: its encoder keeps only the properties a nested input
+    schema lists, so an unknown field would be dropped silently on the client while raw HTTP gets 422.
+    Nested input objects are listed without their properties, so the client forwards them as given and
+    the server's validation answers both alike."""
+    schema = json.loads(json.dumps(schema))
+    for route in schema.get("routes", []):
+        for prop in route.get("input", {}).get("properties", {}).values():
+            _opaque(prop)
+    return schema
+
+
+def _opaque(node: dict[str, Any]) -> None:
+    node.pop("properties", None)
+    items = node.get("items")
+    if isinstance(items, dict):
+        _opaque(items)
+    for option in node.get("anyOf", []):
+        if isinstance(option, dict):
+            _opaque(option)
+
+
+class ClientErrorLogFilter(logging.Filter):
+    """BentoML logs every request it refuses with ERROR and a traceback ("Exception on /v1/analyze"),
+    validation failures included. Those are the client's errors: INFO without the traceback, so an
+    alert on ERROR means a server fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if isinstance(record.exc_info, tuple) else None
+        if record.levelno >= logging.ERROR and exc is not None and _is_client_error(exc):
+            record.levelno = logging.INFO
+            record.levelname = "INFO"
+            record.msg = f"client error ({type(exc).__name__}) on %s [%s]"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return True
+    return isinstance(exc, BentoMLException) and 400 <= int(exc.error_code.value) < 500
+
+
+def downgrade_client_error_logs() -> None:
+    """Installs `ClientErrorLogFilter` on the logger of BentoML's request handler."""
+    handler_logger = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, ClientErrorLogFilter) for f in handler_logger.filters):
+        handler_logger.addFilter(ClientErrorLogFilter())
+
+
+class DocsMiddleware:
+    """Serves the Swagger UI page (without BentoML's Google Tag Manager script, with our initializer:
+    no third-party validator, the auth note), the OpenAPI document (`pat_runner.serving.openapi`) at
+    `/docs.json` and BentoML's client schema at `/schema.json` (`client_schema`). Sits behind
+    authentication."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        openapi: Callable[[], dict[str, Any]],
+        client_schema: Callable[[], dict[str, Any]],
+        auth_enabled: bool,
+    ) -> None:
         self.app = app
-        self.page = resources.files("pat_runner.serving").joinpath("static/docs.html").read_bytes()
+        static = resources.files("pat_runner.serving").joinpath("static")
+        note = AUTH_NOTE_ON if auth_enabled else AUTH_NOTE_OFF
+        self.page = static.joinpath("docs.html").read_text().replace("{{auth_note}}", note).encode()
+        self.script = static.joinpath("docs.js").read_bytes()
         self.openapi = openapi
-        self._openapi_body: bytes | None = None
+        self.client_schema = client_schema
+        self._bodies: dict[str, bytes] = {}
+
+    def _body(self, path: str) -> bytes:
+        if path not in self._bodies:
+            document = self.openapi() if path == "/docs.json" else client_schema(self.client_schema())
+            self._bodies[path] = json.dumps(document).encode()
+        return self._bodies[path]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        if scope["path"] in ("/", ""):
-            await Response(self.page, media_type="text/html; charset=utf-8")(scope, receive, send)
-        elif scope["path"] == "/docs.json":
-            if self._openapi_body is None:
-                self._openapi_body = json.dumps(self.openapi()).encode()
-            await Response(self._openapi_body, media_type="application/json")(scope, receive, send)
+        path = scope["path"]
+        if path in ("/", ""):
+            response = Response(self.page, media_type="text/html; charset=utf-8")
+        elif path == DOCS_SCRIPT_PATH:
+            response = Response(self.script, media_type="text/javascript; charset=utf-8")
+        elif path in ("/docs.json", "/schema.json"):
+            response = Response(self._body(path), media_type="application/json")
         else:
             await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
