@@ -12,14 +12,14 @@ from typing import Annotated, Any
 
 import bentoml
 import numpy as np
-from pydantic import Field
+from pydantic import Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pat_runner import telemetry
-from pat_runner.actigraphy.readers import read_recording_file
+from pat_runner.actigraphy.preprocess import MAX_ZONE_CHARS
 from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import InvalidInput, PayloadTooLarge, ServiceError
 from pat_runner.serving.audit import AuditMiddleware, configure_logging
@@ -29,12 +29,15 @@ from pat_runner.serving.http import (
     ErrorEnvelopeMiddleware,
     RequestLimitsMiddleware,
     SecurityHeadersMiddleware,
+    TargetLengthMiddleware,
     error_response,
+    validation_message,
 )
 from pat_runner.serving.openapi import enrich
 from pat_runner.serving.pipeline import Analyzer, served_model
 from pat_runner.serving.runner import PATModel
 from pat_runner.serving.schemas import (
+    MAX_VALUES,
     SUBJECT_PATTERN,
     AnalyzeOptions,
     AnalyzeResponse,
@@ -48,6 +51,7 @@ from pat_runner.serving.schemas import (
     Output,
     Recording,
 )
+from pat_runner.serving.upload import parse_upload
 from pat_runner.settings import get_settings
 
 DEFAULT_ANALYZE = AnalyzeOptions()
@@ -124,6 +128,16 @@ class PATService:
                     f"{len(recordings)} recordings in one batch; the limit is {settings.max_batch_recordings}"
                 ),
             )
+        # The total work of the request, checked before any recording is preprocessed.
+        minutes = sum(len(r.values) * r.epoch_seconds // 60 for r in recordings)
+        if minutes > settings.max_request_minutes:
+            return _fail(
+                ctx,
+                PayloadTooLarge(
+                    f"the batch spans {minutes:,} minutes in all; "
+                    f"the limit is {settings.max_request_minutes:,}"
+                ),
+            )
 
         async def one(index: int, recording: Recording) -> BatchItem:
             try:
@@ -161,7 +175,7 @@ class PATService:
         self,
         ctx: bentoml.Context,
         file: Path,
-        timezone: str = "UTC",
+        timezone: Annotated[str, Field(max_length=MAX_ZONE_CHARS)] = "UTC",
         subject: Annotated[str, Field(pattern=f"^$|{SUBJECT_PATTERN}")] = "",
         outputs: list[Output] = DEFAULT_ANALYZE.outputs,
     ) -> AnalyzeResponse:
@@ -169,13 +183,9 @@ class PATService:
         `.awd`. Timestamps in the file are read as local clock time in `timezone`."""
         state = _state(ctx)
         try:
-            data = file.read_bytes()
-            raw = read_recording_file(
-                data,
-                file.name,
-                timezone=timezone,
-                max_bytes=settings.max_upload_bytes,
-                max_minutes=settings.max_recording_minutes,
+            data = await asyncio.to_thread(file.read_bytes)
+            raw = await parse_upload(
+                data, file.name, timezone=timezone, settings=settings, max_epochs=MAX_VALUES
             )
             recording = Recording.model_validate(
                 {
@@ -195,8 +205,11 @@ class PATService:
             )
         except ServiceError as exc:
             return _fail(ctx, exc)
+        except ValidationError as exc:
+            # pydantic's own text quotes the input (activity values): only where and which rule.
+            return _fail(ctx, InvalidInput(validation_message(exc.errors(include_input=False))))
         except ValueError as exc:
-            return _fail(ctx, InvalidInput(str(exc)))
+            return _fail(ctx, InvalidInput(f"the file's content cannot be analysed ({type(exc).__name__})"))
 
     @bentoml.api(route="/v1/cache/invalidate")
     async def invalidate_cache(
@@ -237,6 +250,7 @@ PATService.mount_asgi_app(models_app, path="/")
 # authentication runs before the docs are served and before any body is read; limits run before
 # BentoML parses the body.
 PATService.add_asgi_middleware(AuditMiddleware)
+PATService.add_asgi_middleware(TargetLengthMiddleware, max_url_bytes=settings.max_url_bytes)
 PATService.add_asgi_middleware(SecurityHeadersMiddleware, tls=bool(settings.tls_certfile))
 PATService.add_asgi_middleware(ErrorEnvelopeMiddleware)
 PATService.add_asgi_middleware(FirebaseAuthMiddleware, settings=settings)

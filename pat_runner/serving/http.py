@@ -18,6 +18,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pat_runner.actigraphy.readers import MAX_FILENAME_CHARS
 from pat_runner.errors import ServiceError
 
 logger = logging.getLogger("pat.http")
@@ -31,6 +32,7 @@ CODE_BY_STATUS = {
     405: "method_not_allowed",
     408: "timeout",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
     422: "validation_error",
     429: "overloaded",
@@ -51,6 +53,8 @@ DOCS_CSP = (
     "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
+#: Longest error message sent (messages name a field and a rule, never a value; this bounds them anyway).
+MAX_ERROR_MESSAGE_CHARS = 1024
 
 
 def request_id_of(scope: Scope) -> str | None:
@@ -58,6 +62,8 @@ def request_id_of(scope: Scope) -> str | None:
 
 
 def error_body(code: str, message: str, request_id: str | None) -> dict[str, Any]:
+    if len(message) > MAX_ERROR_MESSAGE_CHARS:
+        message = message[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
     return {"error": {"code": code, "message": message, "request_id": request_id}}
 
 
@@ -65,7 +71,7 @@ def error_response(exc: ServiceError, request_id: str | None) -> JSONResponse:
     return JSONResponse(error_body(exc.code, exc.message, request_id), status_code=exc.status)
 
 
-def _validation_message(detail: Any) -> str:
+def validation_message(detail: Any) -> str:
     """BentoML's pydantic error list → one line naming each field (input values are never echoed)."""
     if not isinstance(detail, list):
         return "the request body does not match the schema"
@@ -86,7 +92,7 @@ def normalize_error(status: int, body: bytes) -> tuple[int, str, str]:
         # BentoML answers pydantic validation errors (schema and malformed JSON) with 400; we use 422.
         types = {item.get("type") for item in payload["detail"] if isinstance(item, dict)}
         code = "malformed_json" if "json_invalid" in types else "validation_error"
-        return 422, code, _validation_message(payload["detail"])
+        return 422, code, validation_message(payload["detail"])
     message = CODE_MESSAGES.get(status)
     if message is None and isinstance(payload, dict | list):
         first = payload[0] if isinstance(payload, list) and payload else payload
@@ -167,6 +173,27 @@ class ErrorEnvelopeMiddleware:
 
 async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
+
+
+class TargetLengthMiddleware:
+    """414 for a request target (path and query) over `max_url_bytes`, before anything inspects, routes
+    or logs it: a long client-chosen path is otherwise copied into every access-log line."""
+
+    def __init__(self, app: ASGIApp, *, max_url_bytes: int) -> None:
+        self.app = app
+        self.max_url_bytes = max_url_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "replace")
+            if len(raw_path) + len(scope.get("query_string", b"")) > self.max_url_bytes:
+                message = f"the request URL exceeds {self.max_url_bytes:,} bytes"
+                response = JSONResponse(
+                    error_body("uri_too_long", message, request_id_of(scope)), status_code=414
+                )
+                await response(scope, _no_receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class RequestLimitsMiddleware:
@@ -253,6 +280,9 @@ async def _upload_problem(headers: Headers, body: bytes) -> tuple[int, str, str]
                 "validation_error",
                 "field `file` must be an uploaded file part (URLs are not fetched)",
             )
+        # BentoML stores the part under its file name: a longer one than the file system allows is a 500.
+        if len(file.filename or "") > MAX_FILENAME_CHARS:
+            return 422, "validation_error", f"file name: longer than {MAX_FILENAME_CHARS} characters"
     finally:
         await form.close()
     return None
@@ -260,7 +290,7 @@ async def _upload_problem(headers: Headers, body: bytes) -> tuple[int, str, str]
 
 class SecurityHeadersMiddleware:
     """Adds security headers to every response: no caching of health data, no sniffing, a strict
-    CSP (the docs page gets one that allows its own scripts), HSTS when serving TLS."""
+    CSP (the docs page gets one that allows its own scripts), HSTS when serving TLS; drops `Server`."""
 
     def __init__(self, app: ASGIApp, *, tls: bool) -> None:
         self.app = app
@@ -282,8 +312,10 @@ class SecurityHeadersMiddleware:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                names = {k.lower() for k, _ in message.get("headers", [])}
-                message["headers"] = [*message.get("headers", []), *(h for h in extra if h[0] not in names)]
+                # BentoML names itself and its version in `Server`: nothing a client needs.
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
+                names = {k.lower() for k, _ in headers}
+                message["headers"] = [*headers, *(h for h in extra if h[0] not in names)]
             await send(message)
 
         await self.app(scope, receive, with_headers)
