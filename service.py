@@ -259,4 +259,5 @@ PATService.add_asgi_middleware(
     RequestLimitsMiddleware,
     max_request_bytes=settings.max_request_bytes,
     max_upload_bytes=settings.max_upload_bytes,
+    max_request_values=settings.max_request_values,
 )

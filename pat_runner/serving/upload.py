@@ -108,7 +108,12 @@ async def parse_upload(
                 await anyio.to_thread.run_sync(process.join, 1.0)
                 if process.exitcode == -signal.SIGXCPU:
                     raise ParseTimeout(f"parsing the file took longer than {timeout_s:g} s") from None
-                raise InvalidInput("the file could not be parsed") from None
+                # Native parser code that does not check its allocations dies of a signal at the
+                # address-space limit instead of raising MemoryError; the kernel's OOM killer, too.
+                raise ParseMemoryExceeded(
+                    f"parsing the file stopped: it needs more than {settings.upload_parse_memory_mb:,} MB "
+                    "of memory"
+                ) from None
         finally:
             if process.is_alive():
                 process.kill()
