@@ -132,7 +132,7 @@ def read_recording_file(
 def _text_lines(data: bytes, max_lines: int) -> list[str]:
     """The file's lines, after checking their number and length (both cheap C-level scans) so that
     neither a flood of short lines nor one huge line is split and parsed."""
-    newlines = data.count(b"\n") or data.count(b"\r")
+    newlines = max(data.count(b"\n"), data.count(b"\r"))
     if newlines > max_lines:
         raise InvalidInput(
             f"the file has more than {max_lines:,} lines: more epochs than one recording may have"

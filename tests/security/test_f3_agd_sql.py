@@ -26,24 +26,28 @@ def agd(tmp_path: Path, data_table: str, *extra: str, rows: int = 20) -> bytes:
     """An ActiLife-shaped SQLite file whose `data` table is defined by `data_table`."""
     path = tmp_path / "upload.agd"
     path.unlink(missing_ok=True)
+    expensive = EXPENSIVE in data_table
     with sqlite3.connect(path) as db:
         db.execute(SETTINGS_TABLE)
         db.executemany("INSERT INTO settings (settingName, settingValue) VALUES (?, ?)", SETTINGS)
-        db.execute(data_table)
+        # SQLite evaluates a virtual column on insert too: rows go in under a cheap expression, then
+        # the schema text is swapped for the attack's (virtual columns are not stored, so it stays valid).
+        db.execute(data_table.replace(EXPENSIVE, "0") if expensive else data_table)
         db.executemany(
             "INSERT INTO data (dataTimestamp) VALUES (?)",
             [(638_450_000_000_000_000 + i * 600_000_000,) for i in range(rows)],
         )
         for statement in extra:
             db.execute(statement)
+        if expensive:
+            db.execute("PRAGMA writable_schema = ON")
+            db.execute("UPDATE sqlite_schema SET sql = ? WHERE name = 'data'", (data_table,))
     db.close()
     return path.read_bytes()
 
 
-GENERATED = (
-    "CREATE TABLE data (dataTimestamp INTEGER, "
-    "axis1 REAL AS (length(printf('%.*c', 100000000, 'x'))) VIRTUAL)"
-)
+EXPENSIVE = "length(printf('%.*c', 100000000, 'x'))"
+GENERATED = f"CREATE TABLE data (dataTimestamp INTEGER, axis1 REAL AS ({EXPENSIVE}) VIRTUAL)"
 
 
 @pytest.mark.integration
