@@ -246,9 +246,9 @@ async def _get_models(request: Request) -> JSONResponse:
 models_app.router.routes.append(Route("/v1/models", _get_models, methods=["GET"]))
 PATService.mount_asgi_app(models_app, path="/")
 
-# First added = outermost: audit sees every final status; errors are enveloped before audit logs them;
-# authentication runs before the docs are served and before any body is read; limits run before
-# BentoML parses the body.
+# First added = outermost: audit sees every final status; an over-long URL is refused (414) before
+# anything else looks at it; errors are enveloped before audit logs them; authentication runs before
+# the docs are served and before any body is read; limits run before BentoML parses the body.
 PATService.add_asgi_middleware(AuditMiddleware)
 PATService.add_asgi_middleware(TargetLengthMiddleware, max_url_bytes=settings.max_url_bytes)
 PATService.add_asgi_middleware(SecurityHeadersMiddleware, tls=bool(settings.tls_certfile))

@@ -56,7 +56,8 @@ def _address_space_bytes() -> int:
 def _parse_in_child(
     connection: Connection, data: bytes, filename: str, options: dict[str, Any], budget: dict[str, int]
 ) -> None:
-    # Limits relative to what the child already maps (the interpreter, numpy, pandas).
+    # Limits relative to what the child already maps (the worker's interpreter, numpy, pandas and any
+    # heap the worker freed but keeps mapped, which the parse may reuse).
     ceiling = _address_space_bytes() + budget["memory_bytes"]
     resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
     resource.setrlimit(resource.RLIMIT_CPU, (budget["cpu_s"], budget["cpu_s"] + 1))
