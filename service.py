@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pat_runner import telemetry
-from pat_runner.actigraphy.readers import NO_TIMEZONE_WARNING, read_recording_file
+from pat_runner.actigraphy.readers import NO_TIMEZONE_WARNING
 from pat_runner.actigraphy.sleep import SleepMethod, SleepPeriodAlgorithm
 from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import InvalidInput, PayloadTooLarge, ServiceError
@@ -36,6 +36,7 @@ from pat_runner.serving.http import (
     ErrorEnvelopeMiddleware,
     RequestLimitsMiddleware,
     SecurityHeadersMiddleware,
+    TargetLengthMiddleware,
     downgrade_client_error_logs,
     error_response,
     validation_message,
@@ -44,6 +45,7 @@ from pat_runner.serving.openapi import enrich
 from pat_runner.serving.pipeline import Analyzer, InputFacts, to_raw
 from pat_runner.serving.runner import PATModel
 from pat_runner.serving.schemas import (
+    MAX_VALUES,
     AnalyzeOptions,
     AnalyzeResponse,
     BatchItem,
@@ -55,6 +57,7 @@ from pat_runner.serving.schemas import (
     ModelsResponse,
     Recording,
 )
+from pat_runner.serving.upload import parse_upload
 from pat_runner.settings import get_settings
 
 DEFAULT_ANALYZE = AnalyzeOptions()
@@ -152,6 +155,12 @@ class PATService:
             raise PayloadTooLarge(
                 f"{len(recordings)} recordings in one batch; the limit is {settings.max_batch_recordings}"
             )
+        # The total work of the request, checked before any recording is preprocessed.
+        minutes = sum(len(r.values) * r.epoch_seconds // 60 for r in recordings)
+        if minutes > settings.max_request_minutes:
+            raise PayloadTooLarge(
+                f"the batch spans {minutes:,} minutes in all; the limit is {settings.max_request_minutes:,}"
+            )
         facts: list[InputFacts | None] = [None] * len(recordings)
 
         async def one(index: int, recording: Recording) -> BatchItem:
@@ -202,15 +211,11 @@ class PATService:
         """Analyse a device export uploaded as multipart/form-data: ActiGraph `.agd` or CSV, Actiwatch
         `.awd`. Timestamps in the file are read as local clock time in `timezone` (UTC, with a warning,
         when it is not given); an empty `nonwear_algorithm` is the service's default."""
-        data = file.read_bytes()
+        data = await asyncio.to_thread(file.read_bytes)
         ctx.request.state.audit["upload_bytes"] = len(data)
         try:
-            raw = read_recording_file(
-                data,
-                file.name,
-                timezone=timezone or "UTC",
-                max_bytes=settings.max_upload_bytes,
-                max_minutes=settings.max_recording_minutes,
+            raw = await parse_upload(
+                data, file.name, timezone=timezone or "UTC", settings=settings, max_epochs=MAX_VALUES
             )
             options = AnalyzeOptions(
                 outputs=outputs,
@@ -219,9 +224,12 @@ class PATService:
                 nonwear_algorithm=nonwear_algorithm or None,
             )
         except ValidationError as exc:
-            raise InvalidInput(validation_message(exc)) from exc
+            # pydantic's own text quotes the input (activity values): only where and which rule.
+            raise InvalidInput(
+                validation_message(exc.errors(include_url=False, include_input=False))
+            ) from exc
         except ValueError as exc:
-            raise InvalidInput(str(exc)) from exc
+            raise InvalidInput(f"the file's content cannot be analysed ({type(exc).__name__})") from exc
         # The reader's recording goes to the pipeline as it is; the form's subject is the only addition.
         raw = dataclasses.replace(raw, subject=subject or None)
         analysis = await self.analyzer.analyze(raw, options, request_id=_request_id(ctx))
@@ -262,10 +270,11 @@ models_app.router.routes.append(Route(routes.MODELS, _get_models, methods=["GET"
 PATService.mount_asgi_app(models_app, path="/")
 # Unknown top-level fields are refused like nested ones (BentoML's generated input models ignore them).
 forbid_unknown_fields([api.input_spec for api in PATService.apis.values()])
-# First added = outermost: audit sees every final status; errors are enveloped before audit logs them;
-# authentication runs before the docs are served and before any body is read; limits run before
-# BentoML parses the body.
+# First added = outermost: audit sees every final status; an over-long URL is refused (414) before
+# anything else looks at it; errors are enveloped before audit logs them; authentication runs before
+# the docs are served and before any body is read; limits run before BentoML parses the body.
 PATService.add_asgi_middleware(AuditMiddleware)
+PATService.add_asgi_middleware(TargetLengthMiddleware, max_url_bytes=settings.max_url_bytes)
 PATService.add_asgi_middleware(SecurityHeadersMiddleware, tls=bool(settings.tls_certfile))
 PATService.add_asgi_middleware(ErrorEnvelopeMiddleware)
 PATService.add_asgi_middleware(FirebaseAuthMiddleware, settings=settings)
@@ -279,4 +288,5 @@ PATService.add_asgi_middleware(
     RequestLimitsMiddleware,
     max_request_bytes=settings.max_request_bytes,
     max_upload_bytes=settings.max_upload_bytes,
+    max_request_values=settings.max_request_values,
 )

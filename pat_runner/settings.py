@@ -71,6 +71,15 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(16 * 2**20, ge=1)
     max_upload_bytes: int = Field(32 * 2**20, ge=1)
     max_batch_recordings: int = Field(32, ge=1)
+    # the total work of one request: minutes summed over a batch's recordings
+    max_request_minutes: int = Field(4 * 8 * WEEK_MINUTES, ge=1)
+    # values in one JSON body, estimated from its commas before it is parsed (as many as the longest
+    # recording the schema allows: twelve weeks of 15-s epochs)
+    max_request_values: int = Field(12 * WEEK_MINUTES * 4, ge=1)
+    max_url_bytes: int = Field(8192, ge=256)
+    # a device file is parsed in a child process under these budgets; past them → 422/413
+    upload_parse_timeout_s: float = Field(10.0, gt=0)
+    upload_parse_memory_mb: int = Field(1024, ge=64)
 
     # cache
     redis_url: str = Field("")

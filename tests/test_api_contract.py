@@ -158,7 +158,7 @@ def test_same_bad_timezone_same_code_on_every_endpoint(pat_server, tokens) -> No
     for response in (json_response, upload):
         assert response.status_code == 422, response.text
         assert response.json()["error"]["code"] == "validation_error"
-        assert "unknown IANA time zone" in response.json()["error"]["message"]
+        assert "not a known IANA time zone" in response.json()["error"]["message"]
 
 
 def test_client_and_raw_http_agree_on_unknown_fields(pat_server, tokens) -> None:

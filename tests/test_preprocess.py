@@ -346,13 +346,13 @@ def test_the_minutes_series_and_quality_report_contract() -> None:
             r"50.\d% of the 2,890 minutes are missing, more than the maximum of 50%; "
             r"the longest gap is 1,450 minutes from minute 1,440 \(2024-03-05T05:00Z\)",
         ),
-        (raw_recording(minute_counts(DAY), timezone="Mars/Olympus_Mons"), "timezone: unknown IANA time zone"),
-        (raw_recording(minute_counts(DAY), timezone="../../etc/passwd"), "timezone: unknown IANA time zone"),
+        (raw_recording(minute_counts(DAY), timezone="Mars/Olympus_Mons"), "timezone: not a known IANA"),
+        (raw_recording(minute_counts(DAY), timezone="../../etc/passwd"), "timezone: not a known IANA"),
         (
             RawRecording(start=datetime(2024, 3, 4), timezone=NEW_YORK, epoch_seconds=60, values=[1.0] * DAY),
             "start: 2024-03-04T00:00:00 has no UTC offset",
         ),
-        (raw_recording([*[1.0] * 1_234, -3.0, *[1.0] * DAY]), r"values\[1234\]: -3 is negative"),
+        (raw_recording([*[1.0] * 1_234, -3.0, *[1.0] * DAY]), r"values\[1234\]: negative"),
         (raw_recording([*[1.0] * 99, float("inf"), *[1.0] * DAY]), r"values\[99\]: infinite"),
         (raw_recording(minute_counts(DAY), epoch_seconds=7), "epoch_seconds: 7 s does not divide a minute"),
         (raw_recording(minute_counts(DAY), epoch_seconds=45), "epoch_seconds: 45 s does not divide a minute"),

@@ -128,10 +128,12 @@ def _period(start: datetime, end: datetime) -> dict[str, str]:
 
 
 class _BundleWriter:
-    def __init__(self, *, subject: str | None, request_id: str | None, device_url: str | None) -> None:
+    def __init__(self, *, subject: str | None, device_url: str | None) -> None:
         self.subject = subject
         self.device_url = device_url
-        self.seed = request_id or uuid.uuid4().hex
+        # Resource ids are the server's own, fresh per Bundle: a client-chosen request id must not
+        # decide them (two patients sent with one X-Request-ID would share urn:uuids).
+        self.seed = uuid.uuid4().hex
         self.entries: list[dict[str, Any]] = []
 
     def full_url(self, key: str) -> str:
@@ -282,7 +284,7 @@ def build_bundle(
     """
     if probability is not None and not 0.0 <= probability <= 1.0:
         raise ValueError(f"probability must be within 0–1, got {probability}")
-    writer = _BundleWriter(subject=subject, request_id=request_id, device_url=None)
+    writer = _BundleWriter(subject=subject, device_url=None)
     if device is not None and any(device.get(k) for k in ("manufacturer", "model", "serial")):
         writer.device_url = writer.add("device", _device_resource(device, subject))
     recording_period = _period(period_start, period_end)

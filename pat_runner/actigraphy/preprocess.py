@@ -38,8 +38,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import numpy as np
 import pandas as pd
@@ -147,12 +148,28 @@ class Preprocessed:
         return self._canonical
 
 
+#: Largest value one epoch may hold (ActiGraph counts per minute stay below 10⁵).
+MAX_EPOCH_VALUE = 1e7
+#: Longest IANA zone name accepted (the longest real one has 32 characters).
+MAX_ZONE_CHARS = 64
+
+
+@cache
+def known_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def load_zone(name: str, *, where: str = "timezone") -> ZoneInfo:
-    """The IANA zone `name`, or a 422 naming it."""
+    """The IANA zone `name`, or a 422 that names the field and never echoes the value.
+
+    Checked against the zone list first: `ZoneInfo` would open any path under the zone directory
+    (`America` is a directory, `Etc` too) and fail with an OSError."""
+    if not isinstance(name, str) or len(name) > MAX_ZONE_CHARS or name not in known_zones():
+        raise InvalidInput(f"{where}: not a known IANA time zone name (e.g. 'America/New_York')")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise InvalidInput(f"{where}: unknown IANA time zone {name!r} (e.g. 'America/New_York')") from None
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
+        raise InvalidInput(f"{where}: not a known IANA time zone name (e.g. 'America/New_York')") from None
 
 
 def check_epoch_seconds(epoch_seconds: int, *, where: str = "epoch_seconds") -> None:
@@ -282,8 +299,15 @@ def _epoch_values(values: Sequence[float | None] | np.ndarray) -> np.ndarray:
     negative = np.flatnonzero(array < 0)
     if negative.size:
         raise InvalidInput(
-            f"values[{negative[0]}]: {array[negative[0]]:g} is negative; activity counts are >= 0 "
+            f"values[{negative[0]}]: negative; activity counts are >= 0 "
             f"({negative.size:,} negative values in all)"
+        )
+    # Far above any device's counts per epoch, far below where sums and means overflow.
+    huge = np.flatnonzero(array > MAX_EPOCH_VALUE)
+    if huge.size:
+        raise InvalidInput(
+            f"values[{huge[0]}]: above {MAX_EPOCH_VALUE:,.0f}, not a physical activity count per epoch "
+            f"({huge.size:,} such values in all)"
         )
     return array
 

@@ -65,32 +65,70 @@ NO_TIMEZONE_WARNING = (
     "metrics and nights"
 )
 SUPPORTED_FORMATS = "ActiGraph .agd, ActiGraph ActiLife CSV export, timestamp/axis1 CSV, Actiwatch .awd"
+# Limits checked before any parser runs, so a hostile file costs time and memory in proportion to what a
+# real one may hold: a header of 100,000 duplicate column names or millions of empty lines never
+# reaches pandas.
+MAX_LINE_CHARS = 4096
+MAX_COLUMNS = 64
+#: Lines a text file may have beyond its epochs (headers, a column line, blank lines at the end).
+EXTRA_LINES = 32
+MAX_FILENAME_CHARS = 255
+# SQLite limits for an uploaded .agd: no value, statement or table beyond what an ActiLife file holds,
+# and a read that runs too many virtual-machine steps is aborted.
+AGD_TABLES = ("settings", "data")
+AGD_COLUMNS = {"settings": ("settingName", "settingValue"), "data": ("dataTimestamp", "axis1")}
+AGD_NUMERIC_TYPES = ("INT", "REAL", "FLOA", "DOUB", "NUMERIC", "DECIMAL")
+AGD_MAX_SETTINGS = 1000
+AGD_SQLITE_LIMITS = {
+    sqlite3.SQLITE_LIMIT_LENGTH: 1_000_000,
+    sqlite3.SQLITE_LIMIT_SQL_LENGTH: 100_000,
+    sqlite3.SQLITE_LIMIT_COLUMN: 200,
+    sqlite3.SQLITE_LIMIT_EXPR_DEPTH: 64,
+    sqlite3.SQLITE_LIMIT_COMPOUND_SELECT: 4,
+    sqlite3.SQLITE_LIMIT_FUNCTION_ARG: 8,
+    sqlite3.SQLITE_LIMIT_ATTACHED: 0,
+    sqlite3.SQLITE_LIMIT_TRIGGER_DEPTH: 1,
+}
+#: VM instructions between progress checks, and the most checks one file may use (≈ 2·10⁹ steps).
+AGD_PROGRESS_STEP = 10_000
+AGD_MAX_PROGRESS_CALLS = 200_000
 
 _DOTNET_DATE_TOKENS = {"yyyy": "%Y", "MM": "%m", "M": "%m", "dd": "%d", "d": "%d", "MMM": "%b"}
 
 
 def read_recording_file(
-    data: bytes, filename: str, *, timezone: str, max_bytes: int, max_minutes: int
+    data: bytes,
+    filename: str,
+    *,
+    timezone: str,
+    max_bytes: int,
+    max_minutes: int,
+    max_epochs: int | None = None,
 ) -> RawRecording:
     """Read an uploaded device export into a recording of per-epoch vertical-axis counts.
 
     Raises `PayloadTooLarge` (413) above `max_bytes`, `InvalidInput` for a file spanning more than
-    `max_minutes`, `UnsupportedMediaType` (415) for a format that is
-    not one of `SUPPORTED_FORMATS`, and `InvalidInput` (422) for a corrupt file, naming where.
+    `max_minutes` or holding more than `max_epochs` epochs (default: `max_minutes` of 1-s epochs), or
+    with a line over `MAX_LINE_CHARS` or more than `MAX_COLUMNS` columns, `UnsupportedMediaType` (415)
+    for a format that is not one of `SUPPORTED_FORMATS`, and `InvalidInput` (422) for a corrupt file,
+    naming where. Error messages quote at most a few characters of the file.
     """
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"the file is {len(data):,} bytes, more than the maximum of {max_bytes:,}")
+    if len(filename or "") > MAX_FILENAME_CHARS:
+        raise InvalidInput(f"file name: longer than {MAX_FILENAME_CHARS} characters")
     zone = load_zone(timezone)
     if not data:
         raise InvalidInput("the file is empty")
+    epochs_limit = max_minutes * 60 if max_epochs is None else max_epochs
     extension = PurePath(filename or "").suffix.lower()
     if data.startswith(SQLITE_MAGIC):
-        return _read_agd(data, zone, timezone, max_minutes)
+        return _read_agd(data, zone, timezone, max_minutes, epochs_limit)
     if extension == ".agd":
         raise InvalidInput("the .agd file is not an SQLite database (ActiLife .agd files are)")
     if b"\x00" in data[:4096]:
         raise UnsupportedMediaType(f"binary file of an unsupported format; supported: {SUPPORTED_FORMATS}")
-    lines = data.decode("utf-8-sig", errors="replace").splitlines()
+    lines = _text_lines(data, epochs_limit + EXTRA_LINES)
     if lines and ACTILIFE_BANNER in lines[0]:
         return _read_actilife_csv(lines, zone, timezone, max_minutes)
     if extension == ".awd" or (extension not in {".csv", ".txt"} and _looks_like_awd(lines)):
@@ -99,6 +137,31 @@ def read_recording_file(
     if "timestamp" in header and "axis1" in header:
         return _read_tidy_csv(lines, zone, timezone, max_minutes)
     raise UnsupportedMediaType(f"unrecognised file layout; supported: {SUPPORTED_FORMATS}")
+
+
+def _text_lines(data: bytes, max_lines: int) -> list[str]:
+    """The file's lines, after checking their number and length (both cheap C-level scans) so that
+    neither a flood of short lines nor one huge line is split and parsed."""
+    newlines = max(data.count(b"\n"), data.count(b"\r"))
+    if newlines > max_lines:
+        raise InvalidInput(
+            f"the file has more than {max_lines:,} lines: more epochs than one recording may have"
+        )
+    text = data.decode("utf-8-sig", errors="replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    if len(lines) > max_lines:
+        raise InvalidInput(
+            f"the file has more than {max_lines:,} lines: more epochs than one recording may have"
+        )
+    longest = max(map(len, lines), default=0)
+    if longest > MAX_LINE_CHARS:
+        row = next(i for i, line in enumerate(lines) if len(line) > MAX_LINE_CHARS)
+        raise InvalidInput(f"line {row + 1}: longer than {MAX_LINE_CHARS:,} characters")
+    return lines
 
 
 def localize(naive: datetime, zone: ZoneInfo, name: str, where: str) -> datetime:
@@ -119,7 +182,7 @@ def localize(naive: datetime, zone: ZoneInfo, name: str, where: str) -> datetime
 # --- ActiGraph .agd (SQLite) ---------------------------------------------------------------------
 
 
-def _read_agd(data: bytes, zone: ZoneInfo, name: str, max_minutes: int) -> RawRecording:
+def _read_agd(data: bytes, zone: ZoneInfo, name: str, max_minutes: int, max_epochs: int) -> RawRecording:
     # sqlite3 opens files, not bytes: a private temporary file, read-only, removed afterwards.
     with tempfile.TemporaryDirectory(prefix="pat-agd-") as directory:
         path = os.path.join(directory, "upload.agd")
@@ -130,9 +193,11 @@ def _read_agd(data: bytes, zone: ZoneInfo, name: str, max_minutes: int) -> RawRe
         except sqlite3.Error as exc:
             raise InvalidInput(f"the .agd file cannot be opened as SQLite ({exc})") from None
         try:
-            return _agd_recording(connection, zone, name, max_minutes)
+            _limit_agd_connection(connection)
+            return _agd_recording(connection, zone, name, max_minutes, max_epochs)
         except sqlite3.Error as exc:
-            raise InvalidInput(f"the .agd file is not a readable ActiLife database ({exc})") from None
+            reason = "it takes too long to read" if "interrupt" in str(exc) else str(exc)[:120]
+            raise InvalidInput(f"the .agd file is not a readable ActiLife database ({reason})") from None
         except UnicodeDecodeError:
             # SQLite's own error text about a damaged schema can hold bytes that are not UTF-8.
             raise InvalidInput("the .agd file is not a readable ActiLife database (damaged schema)") from None
@@ -140,17 +205,66 @@ def _read_agd(data: bytes, zone: ZoneInfo, name: str, max_minutes: int) -> RawRe
             connection.close()
 
 
+def _limit_agd_connection(connection: sqlite3.Connection) -> None:
+    for limit, value in AGD_SQLITE_LIMITS.items():
+        connection.setlimit(limit, value)
+    calls = 0
+
+    def progress() -> int:
+        nonlocal calls
+        calls += 1
+        return int(calls > AGD_MAX_PROGRESS_CALLS)  # non-zero aborts the statement ("interrupted")
+
+    connection.set_progress_handler(progress, AGD_PROGRESS_STEP)
+
+
+def _check_agd_schema(connection: sqlite3.Connection) -> None:
+    """Refuse a schema that could compute anything while we read: the two tables must be ordinary
+    tables (not views or virtual tables), without generated or hidden columns, without triggers, and the
+    columns we read must be declared, the numeric ones with a numeric type."""
+    rows = connection.execute(
+        "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE tbl_name IN (?, ?) OR name IN (?, ?)",
+        (*AGD_TABLES, *AGD_TABLES),
+    ).fetchall()
+    for table in AGD_TABLES:
+        kinds = [(kind, sql or "") for kind, name, _, sql in rows if name == table]
+        if not kinds:
+            raise InvalidInput(f"the .agd file has no '{table}' table")
+        kind, sql = kinds[0]
+        if kind != "table" or sql.lstrip().upper().startswith("CREATE VIRTUAL"):
+            raise InvalidInput(f"the .agd file's '{table}' is not an ordinary table")
+        columns = {
+            str(name).lower(): (str(declared or "").upper(), hidden)
+            for _, name, declared, _, _, _, hidden in connection.execute(f"PRAGMA table_xinfo({table})")
+        }
+        if any(hidden for _, hidden in columns.values()):
+            raise InvalidInput(f"the .agd file's '{table}' table has generated or hidden columns")
+        for column in AGD_COLUMNS[table]:
+            if column.lower() not in columns:
+                raise InvalidInput(f"the .agd file's '{table}' table has no '{column}' column")
+        if table == "data":
+            for column in AGD_COLUMNS["data"]:
+                declared = columns[column.lower()][0]
+                if not any(kind in declared for kind in AGD_NUMERIC_TYPES):
+                    raise InvalidInput(f"data.{column}: must be declared with a numeric type")
+    if any(kind == "trigger" for kind, *_ in rows):
+        raise InvalidInput("the .agd file has triggers on its 'settings' or 'data' table")
+
+
 def _agd_recording(
-    connection: sqlite3.Connection, zone: ZoneInfo, name: str, max_minutes: int
+    connection: sqlite3.Connection, zone: ZoneInfo, name: str, max_minutes: int, max_epochs: int
 ) -> RawRecording:
     # An uploaded database is untrusted: its schema must not run functions, and only real tables count.
     connection.execute("PRAGMA trusted_schema = OFF")
     connection.text_factory = _decode_text
     connection.execute("PRAGMA cell_size_check = ON")
-    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    for table in ("settings", "data"):
-        if table not in tables:
-            raise InvalidInput(f"the .agd file has no '{table}' table")
+    _check_agd_schema(connection)
+    (n_settings,) = connection.execute("SELECT count(*) FROM settings").fetchone()
+    (n_rows,) = connection.execute("SELECT count(*) FROM data").fetchone()
+    if n_settings > AGD_MAX_SETTINGS:
+        raise InvalidInput(f"the .agd file has more than {AGD_MAX_SETTINGS:,} settings")
+    if n_rows > max_epochs:
+        raise InvalidInput(f"the .agd file has more than {max_epochs:,} epochs: longer than allowed")
     settings = dict(connection.execute("SELECT settingName, settingValue FROM settings").fetchall())
     epoch = _agd_int(settings, "epochlength")
     check_epoch_seconds(epoch, where="settings.epochlength")
@@ -193,7 +307,7 @@ def _agd_int(settings: dict[str, str], key: str) -> int:
     try:
         return int(str(raw).strip())
     except ValueError:
-        raise InvalidInput(f"settings.{key}: expected an integer, got {raw!r}") from None
+        raise InvalidInput(f"settings.{key}: expected an integer, got {str(raw)[:20]!r}") from None
 
 
 def _from_ticks(ticks: int, where: str) -> datetime:
@@ -309,6 +423,8 @@ def _read_tidy_csv(lines: list[str], zone: ZoneInfo, name: str, max_minutes: int
 def _read_table(
     lines: list[str], *, header: bool, first_line: int, usecols: Callable[[str], bool] | None = None
 ) -> pd.DataFrame:
+    if lines and lines[0].count(",") >= MAX_COLUMNS:
+        raise InvalidInput(f"line {first_line}: more than {MAX_COLUMNS} columns")
     try:
         return pd.read_csv(
             io.StringIO("\n".join(lines)),
@@ -322,7 +438,9 @@ def _read_table(
     except pd.errors.EmptyDataError:
         raise InvalidInput(f"line {first_line}: the file has no epochs") from None
     except (pd.errors.ParserError, csv.Error, ValueError) as exc:
-        raise InvalidInput(f"the CSV table from line {first_line} cannot be parsed: {exc}") from None
+        # pandas' message names the line and the field counts; cut in case it quotes more.
+        reason = str(exc)[:160]
+        raise InvalidInput(f"the CSV table from line {first_line} cannot be parsed: {reason}") from None
 
 
 def _numbers(column: pd.Series, label: str, first_line: int) -> np.ndarray:

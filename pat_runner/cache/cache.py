@@ -29,7 +29,7 @@ import redis.asyncio as redis_asyncio
 from pydantic import BaseModel, ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from pat_runner import telemetry
 from pat_runner.cache.crypto import CacheConfigError, CacheSecrets, UndecryptableValue, secrets_from_settings
@@ -48,6 +48,11 @@ FAILURES_TO_OPEN = 3  # consecutive Redis failures before the breaker opens
 SCAN_BATCH = 500
 TAG_HASH_CHARS = 32  # 128 bits: enough to keep model tags apart, short enough for cheap prefix scans
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: Largest cached value read back (results are tens of kB); a larger one is treated as foreign.
+MAX_VALUE_BYTES = 8 * 2**20
+#: What the store returns for a key it cannot read as ours: opening it fails, so the result is recomputed
+#: and the key overwritten.
+FOREIGN_VALUE = b"foreign"
 
 
 @dataclass(frozen=True)
@@ -223,7 +228,20 @@ class RedisStore:
         return result
 
     async def get(self, key: str) -> bytes | None:
-        return await self._call("get", lambda: self._client.get(key))
+        # STRLEN first, in the same round trip, and never more than MAX_VALUE_BYTES read: a key of
+        # another type (WRONGTYPE) or an oversized value is a foreign value to overwrite, not a Redis
+        # failure that would leave that input uncached ("bypass") for as long as the key lives.
+        async def read() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.strlen(key)
+                pipe.getrange(key, 0, MAX_VALUE_BYTES - 1)
+                return await pipe.execute(raise_on_error=False)
+
+        length, value = await self._call("get", read)
+        if isinstance(length, ResponseError) or (isinstance(length, int) and length > MAX_VALUE_BYTES):
+            telemetry.record_cache_error("foreign_value")
+            return FOREIGN_VALUE
+        return value or None
 
     async def set(self, key: str, blob: bytes, ttl_s: int) -> None:
         await self._call("set", lambda: self._client.set(key, blob, ex=ttl_s))

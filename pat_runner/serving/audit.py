@@ -167,13 +167,49 @@ def audit_record(
 
 # A JWT's header is base64url of '{"' + ..., so every JWT starts with "eyJ"; Firebase ID tokens,
 # custom tokens and Google access tokens are JWTs or follow a Bearer scheme.
-JWT_PATTERN = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
-BEARER_PATTERN = re.compile(r"(bearer\s+)[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE)
+# Linear time on any input (log lines can hold client-chosen text): a dotted run of base64url characters
+# is matched once from its first character (the look-behind keeps the engine from restarting inside a
+# run, the possessive quantifiers from backtracking into it), and the JWT inside it is found with str
+# methods. A regex like `eyJ[…]{4,}\.[…]*\.` restarts at every "eyJ" of a long run: quadratic.
+TOKEN_CHARS = "A-Za-z0-9_-"
+DOTTED_RUN = re.compile(rf"(?<![.{TOKEN_CHARS}])[{TOKEN_CHARS}]++(?:\.[{TOKEN_CHARS}]*+)*+")
+BEARER_PATTERN = re.compile(r"(bearer\s++)[A-Za-z0-9\-._~+/]++=*+", re.IGNORECASE)
+JWT_MARK = "eyJ"
+MIN_JWT_HEADER = 7  # "eyJ" and at least four more characters, as before
 REDACTED = "[REDACTED]"
+#: Longest message a log record keeps (after redaction); a client-chosen value cannot make a huge line.
+MAX_LOG_MESSAGE_CHARS = 8192
+
+
+def _redact_run(match: re.Match[str]) -> str:
+    run = match.group(0)
+    if JWT_MARK not in run:
+        return run
+    segments = run.split(".")
+    kept: list[str] = []
+    i = 0
+    while i < len(segments):
+        segment = segments[i]
+        at = segment.find(JWT_MARK)
+        # A JWT is a header segment (from "eyJ") and two more segments, the last possibly empty.
+        if at != -1 and len(segment) - at >= MIN_JWT_HEADER and i + 2 < len(segments):
+            kept.append(segment[:at] + REDACTED)
+            i += 3
+        else:
+            kept.append(segment)
+            i += 1
+    return ".".join(kept)
 
 
 def redact_secrets(text: str) -> str:
-    return BEARER_PATTERN.sub(r"\1" + REDACTED, JWT_PATTERN.sub(REDACTED, text))
+    """`text` without bearer tokens or JWTs, in time linear in its length."""
+    return BEARER_PATTERN.sub(r"\1" + REDACTED, DOTTED_RUN.sub(_redact_run, text))
+
+
+def bounded(text: str, limit: int = MAX_LOG_MESSAGE_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [{len(text) - limit:,} characters cut]"
 
 
 class RedactSecretsFilter(logging.Filter):
@@ -182,16 +218,54 @@ class RedactSecretsFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = redact_secrets(message)
+        redacted = bounded(redact_secrets(message))
         if redacted != message:
             record.msg, record.args = redacted, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact_secrets(record.exc_text)
+            record.exc_text = bounded(redact_secrets(record.exc_text), 4 * MAX_LOG_MESSAGE_CHARS)
         if record.stack_info:
-            record.stack_info = redact_secrets(record.stack_info)
+            record.stack_info = bounded(redact_secrets(record.stack_info), 4 * MAX_LOG_MESSAGE_CHARS)
         return True
+
+
+ACCESS_LOGGERS = ("uvicorn.access", "bentoml.access")
+
+
+class AccessLogPathFilter(logging.Filter):
+    """uvicorn's and BentoML's access lines quote the raw request target, query string included, so an
+    identifier sent in a URL (`?subject=Patient/…`) would be logged verbatim. On those two loggers the
+    target becomes the route template (`endpoint_label`: a policy entry or `other`) before any handler
+    formats the line; the query is never kept. Installed on the loggers, so it runs before redaction."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not isinstance(args, tuple):
+            return True
+        if record.name == "uvicorn.access" and len(args) == 5:
+            client, method, target, version, status = args
+            record.args = (client, _method(method), _template(str(target)), version, status)
+        elif record.name == "bentoml.access" and len(args) == 4:
+            address, request, response, latency = args
+            record.args = (address, _bentoml_request(str(request)), response, latency)
+        return True
+
+
+def _method(method: object) -> str:
+    return method if isinstance(method, str) and method in KNOWN_METHODS else "OTHER"
+
+
+def _template(target: str) -> str:
+    return endpoint_label(target.partition("?")[0])
+
+
+def _bentoml_request(request: str) -> str:
+    # "scheme=http,method=POST,path=/v1/analyze,type=…,length=…": rebuilt from the scheme, the method and
+    # the path's template; the client-chosen content type is dropped with the rest.
+    fields = dict(part.partition("=")[::2] for part in request.split(",", 3)[:3])
+    scheme = fields.get("scheme") if fields.get("scheme") in ("http", "https") else "other"
+    return f"scheme={scheme},method={_method(fields.get('method'))},path={_template(fields.get('path', ''))}"
 
 
 class ValidationInputFilter(logging.Filter):
@@ -234,8 +308,9 @@ JSON_HANDLER_NAME = "pat-json"
 
 
 def configure_logging(level: str | int = "INFO") -> None:
-    """JSON logs for the `pat.*` loggers on stderr at `level` (also the root level), and the
-    redaction filter on every handler configured so far (BentoML's and uvicorn's included).
+    """JSON logs for the `pat.*` loggers on stderr at `level` (also the root level), the redaction
+    filter on every handler configured so far (BentoML's and uvicorn's included), and route templates
+    instead of request targets on the access loggers.
     Idempotent: calling it again replaces the service's handler."""
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(JSON_HANDLER_NAME)
@@ -251,6 +326,10 @@ def configure_logging(level: str | int = "INFO") -> None:
         logging.getLogger(),
         *(lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)),
     ]
+    for name in ACCESS_LOGGERS:
+        access_logger = logging.getLogger(name)
+        if not any(isinstance(f, AccessLogPathFilter) for f in access_logger.filters):
+            access_logger.addFilter(AccessLogPathFilter())
     for each in loggers:
         for each_handler in each.handlers:
             if not any(isinstance(f, ValidationInputFilter) for f in each_handler.filters):

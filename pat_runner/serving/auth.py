@@ -183,7 +183,7 @@ class FirebaseTokenVerifier:
             raise AuthUnavailable("could not fetch the Firebase token certificates") from exc
         except (firebase_exceptions.InvalidArgumentError, ValueError) as exc:
             raise Unauthenticated(
-                "invalid", f"the token is not a valid Firebase ID token for project {self.project_id}"
+                "invalid", "the token is not a valid Firebase ID token for this service"
             ) from exc
         except firebase_exceptions.FirebaseError as exc:
             raise AuthUnavailable("Firebase could not be reached to check the token") from exc

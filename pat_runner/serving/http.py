@@ -20,6 +20,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pat_runner.actigraphy.readers import MAX_FILENAME_CHARS
 from pat_runner.errors import ServiceError
 
 logger = logging.getLogger("pat.http")
@@ -33,6 +34,7 @@ CODE_BY_STATUS = {
     405: "method_not_allowed",
     408: "timeout",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
     422: "validation_error",
     429: "overloaded",
@@ -55,6 +57,10 @@ DOCS_CSP = (
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 # Our Swagger UI initializer, under BentoML's asset prefix so the docs CSP and the docs auth rule apply.
 DOCS_SCRIPT_PATH = "/static_content/pat-docs.js"
+#: Commas a JSON body may have beyond its values (fields, options, recordings of a batch).
+VALUES_SLACK = 4096
+#: Longest error message sent (messages name a field and a rule, never a value; this bounds them anyway).
+MAX_ERROR_MESSAGE_CHARS = 1024
 
 
 def request_id_of(scope: Scope) -> str | None:
@@ -62,6 +68,8 @@ def request_id_of(scope: Scope) -> str | None:
 
 
 def error_body(code: str, message: str, request_id: str | None) -> dict[str, Any]:
+    if len(message) > MAX_ERROR_MESSAGE_CHARS:
+        message = message[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
     return {"error": {"code": code, "message": message, "request_id": request_id}}
 
 
@@ -72,7 +80,7 @@ def error_response(exc: ServiceError, request_id: str | None) -> JSONResponse:
     )
 
 
-def _validation_message(detail: Any) -> str:
+def validation_message(detail: Any) -> str:
     """BentoML's pydantic error list → one line naming each field (input values are never echoed)."""
     if not isinstance(detail, list):
         return "the request body does not match the schema"
@@ -81,11 +89,6 @@ def _validation_message(detail: Any) -> str:
         loc = ".".join(str(p) for p in item.get("loc", ()))
         parts.append(f"{loc}: {item.get('msg', 'invalid')}" if loc else str(item.get("msg", "invalid")))
     return "; ".join(parts)
-
-
-def validation_message(exc: ValidationError) -> str:
-    """A pydantic `ValidationError` as the same one line: where and what, never the input."""
-    return _validation_message(exc.errors(include_url=False, include_input=False))
 
 
 def normalize_error(status: int, body: bytes) -> tuple[int, str, str]:
@@ -98,7 +101,7 @@ def normalize_error(status: int, body: bytes) -> tuple[int, str, str]:
         # BentoML answers pydantic validation errors (schema and malformed JSON) with 400; we use 422.
         types = {item.get("type") for item in payload["detail"] if isinstance(item, dict)}
         code = "malformed_json" if "json_invalid" in types else "validation_error"
-        return 422, code, _validation_message(payload["detail"])
+        return 422, code, validation_message(payload["detail"])
     message = CODE_MESSAGES.get(status)
     if message is None and isinstance(payload, dict | list):
         first = payload[0] if isinstance(payload, list) and payload else payload
@@ -181,15 +184,40 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-class RequestLimitsMiddleware:
-    """413 for bodies over the limit, whether announced by Content-Length or streamed; checked
-    before anything reads the body. Uploads (`/v1/analyze/file`) have their own, larger limit and must
-    be real multipart file parts: BentoML would fetch a URL given in place of a file (SSRF)."""
+class TargetLengthMiddleware:
+    """414 for a request target (path and query) over `max_url_bytes`, before anything inspects, routes
+    or logs it: a long client-chosen path is otherwise copied into every access-log line."""
 
-    def __init__(self, app: ASGIApp, *, max_request_bytes: int, max_upload_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_url_bytes: int) -> None:
+        self.app = app
+        self.max_url_bytes = max_url_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "replace")
+            if len(raw_path) + len(scope.get("query_string", b"")) > self.max_url_bytes:
+                message = f"the request URL exceeds {self.max_url_bytes:,} bytes"
+                response = JSONResponse(
+                    error_body("uri_too_long", message, request_id_of(scope)), status_code=414
+                )
+                await response(scope, _no_receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class RequestLimitsMiddleware:
+    """413 for bodies over the limit, whether announced by Content-Length or streamed, and for JSON
+    bodies with more values than `max_request_values`; checked before anything parses the body.
+    Uploads (`/v1/analyze/file`) have their own, larger limit and must be real multipart file parts:
+    BentoML would fetch a URL given in place of a file (SSRF)."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_request_bytes: int, max_upload_bytes: int, max_request_values: int
+    ) -> None:
         self.app = app
         self.max_request_bytes = max_request_bytes
         self.max_upload_bytes = max_upload_bytes
+        self.max_request_values = max_request_values
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -222,7 +250,7 @@ class RequestLimitsMiddleware:
                 if merged is not None:
                     body, scope = bytearray(merged), _with_body_headers(scope, merged)
             else:
-                problem = _json_problem(headers)
+                problem = _json_problem(headers) or self._values_problem(body)
             if problem is not None:
                 await self._reject(scope, send, *problem)
                 return
@@ -236,6 +264,18 @@ class RequestLimitsMiddleware:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
+
+    def _values_problem(self, body: bytearray) -> tuple[int, str, str] | None:
+        # BentoML parses and validates the whole body on the event loop before any handler runs; a
+        # comma count (C speed) bounds that work first. Every value but the last of a list has a comma;
+        # the slack covers the other fields.
+        if body.count(b",") > self.max_request_values + VALUES_SLACK:
+            return (
+                413,
+                "payload_too_large",
+                f"the request carries more than {self.max_request_values:,} values",
+            )
+        return None
 
     @staticmethod
     async def _reject(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
@@ -274,6 +314,9 @@ async def _check_upload(headers: Headers, body: bytes) -> tuple[tuple[int, str, 
         if not isinstance(file, UploadFile):
             message = "field `file` must be an uploaded file part (URLs are not fetched)"
             return (422, "validation_error", message), None
+        # BentoML stores the part under its file name: a longer one than the file system allows is a 500.
+        if len(file.filename or "") > MAX_FILENAME_CHARS:
+            return (422, "validation_error", f"file name: longer than {MAX_FILENAME_CHARS} characters"), None
         if all(len(form.getlist(name)) == 1 for name in form):
             return None, None
         return None, await _merge_repeated(form)
@@ -321,7 +364,7 @@ def _with_body_headers(scope: Scope, body: bytes) -> Scope:
 
 class SecurityHeadersMiddleware:
     """Adds security headers to every response: no caching of health data, no sniffing, a strict
-    CSP (the docs page gets one that allows its own scripts), HSTS when serving TLS."""
+    CSP (the docs page gets one that allows its own scripts), HSTS when serving TLS; drops `Server`."""
 
     def __init__(self, app: ASGIApp, *, tls: bool) -> None:
         self.app = app
@@ -343,8 +386,10 @@ class SecurityHeadersMiddleware:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                names = {k.lower() for k, _ in message.get("headers", [])}
-                message["headers"] = [*message.get("headers", []), *(h for h in extra if h[0] not in names)]
+                # BentoML names itself and its version in `Server`: nothing a client needs.
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]
+                names = {k.lower() for k, _ in headers}
+                message["headers"] = [*headers, *(h for h in extra if h[0] not in names)]
             await send(message)
 
         await self.app(scope, receive, with_headers)
@@ -403,7 +448,6 @@ class ClientErrorLogFilter(logging.Filter):
 
 def _is_client_error(exc: BaseException) -> bool:
     from bentoml.exceptions import BentoMLException
-    from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
         return True

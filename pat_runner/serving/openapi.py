@@ -124,7 +124,7 @@ ERRORS: dict[str, tuple[str, dict[str, str]]] = {
         "The request cannot be analysed; `message` says what and where.",
         {
             "malformed_json": "the body is not valid JSON",
-            "validation_error": "recording.timezone: Value error, unknown IANA time zone",
+            "validation_error": "recording.timezone: Value error, not a known IANA time zone name",
             "invalid_input": "values: the recording is 480 minutes, shorter than the minimum of 1,440",
             "malformed_multipart": "could not parse the multipart body: Too many files",
         },

@@ -104,7 +104,7 @@ class Recording(_Strict):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         if value not in _TIMEZONES:
-            raise ValueError(f"unknown IANA time zone {value!r}")
+            raise ValueError("not a known IANA time zone name")
         return value
 
     @model_validator(mode="after")
