@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pat_runner import telemetry
-from pat_runner.actigraphy.readers import read_recording_file
+from pat_runner.actigraphy.uploads import read_upload
 from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import InvalidInput, PayloadTooLarge, ServiceError
 from pat_runner.serving.audit import AuditMiddleware, configure_logging
@@ -164,18 +164,23 @@ class PATService:
         timezone: str = "UTC",
         subject: Annotated[str, Field(pattern=f"^$|{SUBJECT_PATTERN}")] = "",
         outputs: list[Output] = DEFAULT_ANALYZE.outputs,
+        recording_start: Annotated[
+            str,
+            Field(
+                max_length=32,
+                description="NSRR/MESA CSVs only (they have no dates): local date of the first row, "
+                "e.g. `2010-03-04` (or date and time, `2010-03-04T20:30:00`).",
+            ),
+        ] = "",
     ) -> AnalyzeResponse:
-        """Analyse a device export uploaded as multipart/form-data: ActiGraph `.agd` or CSV, Actiwatch
-        `.awd`. Timestamps in the file are read as local clock time in `timezone`."""
+        """Analyse a device file uploaded as multipart/form-data: raw ActiGraph `.gt3x`, ActiGraph `.agd`
+        or CSV, Actiwatch `.awd`, NSRR/MESA Actiwatch CSV (docs/inputs.md). Timestamps in the file are
+        read as local clock time in `timezone`."""
         state = _state(ctx)
         try:
-            data = file.read_bytes()
-            raw = read_recording_file(
-                data,
-                file.name,
-                timezone=timezone,
-                max_bytes=settings.max_upload_bytes,
-                max_minutes=settings.max_recording_minutes,
+            upload_bytes = file.stat().st_size
+            raw = read_upload(
+                file, file.name, timezone=timezone, recording_start=recording_start, settings=settings
             )
             recording = Recording.model_validate(
                 {
@@ -189,7 +194,7 @@ class PATService:
                 }
             )
             options = AnalyzeOptions(outputs=outputs)
-            state["audit"]["upload_bytes"] = len(data)
+            state["audit"]["upload_bytes"] = upload_bytes
             return await self.analyzer.analyze(
                 recording, options, request_id=state["request_id"], audit=state["audit"]
             )
@@ -244,5 +249,6 @@ PATService.add_asgi_middleware(DocsMiddleware, openapi=lambda: enrich(PATService
 PATService.add_asgi_middleware(
     RequestLimitsMiddleware,
     max_request_bytes=settings.max_request_bytes,
-    max_upload_bytes=settings.max_upload_bytes,
+    # The body limit of uploads is the raw-file one; text exports are held to theirs once read.
+    max_upload_bytes=max(settings.max_upload_bytes, settings.max_raw_upload_bytes),
 )

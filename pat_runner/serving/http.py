@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, BinaryIO
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -23,6 +24,7 @@ from pat_runner.errors import ServiceError
 logger = logging.getLogger("pat.http")
 
 UPLOAD_PATH = "/v1/analyze/file"
+UPLOAD_CHUNK_BYTES = 1 << 20
 CODE_BY_STATUS = {
     400: "invalid_request",
     401: "unauthenticated",
@@ -190,6 +192,9 @@ class RequestLimitsMiddleware:
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await self._reject(scope, send, 413, "payload_too_large", f"request body exceeds {limit:,} bytes")
             return
+        if is_upload:
+            await self._upload(scope, receive, send, headers, limit)
+            return
         body = bytearray()
         while True:
             message = await receive()
@@ -203,7 +208,7 @@ class RequestLimitsMiddleware:
                 return
             if not message.get("more_body", False):
                 break
-        problem = await _upload_problem(headers, bytes(body)) if is_upload else _json_problem(headers)
+        problem = _json_problem(headers)
         if problem is not None:
             await self._reject(scope, send, *problem)
             return
@@ -217,6 +222,43 @@ class RequestLimitsMiddleware:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send, headers: Headers, limit: int) -> None:
+        """Uploads (raw `.gt3x` files run to hundreds of MB) are spooled to an unnamed private temporary
+        file, checked, and replayed from it in chunks, so no copy of the body is held in memory."""
+        with tempfile.TemporaryFile() as spool:
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    await self._reject(
+                        scope, send, 413, "payload_too_large", f"request body exceeds {limit:,} bytes"
+                    )
+                    return
+                spool.write(chunk)
+                if not message.get("more_body", False):
+                    break
+            spool.seek(0)
+            problem = await _upload_problem(headers, _chunks(spool))
+            if problem is not None:
+                await self._reject(scope, send, *problem)
+                return
+            spool.seek(0)
+            finished = False
+
+            async def replay() -> Message:
+                nonlocal finished
+                if finished:
+                    return await receive()
+                chunk = spool.read(UPLOAD_CHUNK_BYTES)
+                finished = len(chunk) < UPLOAD_CHUNK_BYTES
+                return {"type": "http.request", "body": chunk, "more_body": not finished}
+
+            await self.app(scope, replay, send)
 
     @staticmethod
     async def _reject(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
@@ -232,15 +274,16 @@ def _json_problem(headers: Headers) -> tuple[int, str, str] | None:
     return None
 
 
-async def _upload_problem(headers: Headers, body: bytes) -> tuple[int, str, str] | None:
+async def _chunks(spool: BinaryIO) -> AsyncIterator[bytes]:
+    while chunk := spool.read(UPLOAD_CHUNK_BYTES):
+        yield chunk
+
+
+async def _upload_problem(headers: Headers, body: AsyncIterator[bytes]) -> tuple[int, str, str] | None:
     """The upload must be multipart/form-data whose `file` field is a file part, not a string."""
     if headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
         return 415, "unsupported_media_type", "upload the device file as multipart/form-data (field `file`)"
-
-    async def stream():
-        yield body
-
-    parser = MultiPartParser(headers, stream(), max_files=1, max_fields=16)
+    parser = MultiPartParser(headers, body, max_files=1, max_fields=16)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
