@@ -83,12 +83,21 @@ class PATService:
     def __init__(self) -> None:
         self.served = served_model(self.model_ref)
         self.cache = ResultCache.from_settings(settings)
-        self.analyzer = Analyzer(model=self.served, infer=self._infer, cache=self.cache, settings=settings)
+        self.analyzer = Analyzer(
+            model=self.served,
+            infer=self._infer,
+            cache=self.cache,
+            settings=settings,
+            infer_attention=self._infer_attention,
+        )
         telemetry.record_model_info(self.served.summary)
 
     async def _infer(self, windows: np.ndarray) -> np.ndarray:
         # The dependency's client gets its endpoints only after __init__, at server start-up.
         return await self.model_service.to_async.infer(windows)
+
+    async def _infer_attention(self, windows: np.ndarray) -> np.ndarray:
+        return await self.model_service.to_async.infer_attention(windows)
 
     @bentoml.on_shutdown
     async def close(self) -> None:

@@ -87,7 +87,8 @@ def test_generated_file_gaps_idle_sleep_and_alignment() -> None:
 
 def test_counts_follow_agcounts_on_the_generated_signal() -> None:
     signal = walking(600, 30, seed=7)
-    recording = read_gt3x(io.BytesIO(gt3x_bytes(START, 30, iter([("active", signal)]))), timezone="UTC", **LIMITS)
+    data = gt3x_bytes(START, 30, iter([("active", signal)]))
+    recording = read_gt3x(io.BytesIO(data), timezone="UTC", **LIMITS)
     quantized = np.rint(signal * 256) / 256
     np.testing.assert_array_equal(recording.values, get_counts(quantized, freq=30, epoch=60)[:, 1])
 
@@ -120,10 +121,7 @@ def _zip(files: dict[str, bytes]) -> io.BytesIO:
         (_zip({"info.txt": b"Sample Rate: abc\n", "log.bin": b""}), "not a number"),
         (_zip({"info.txt": b"Sample Rate: 30\n", "log.bin": b"\x00" * 20}), "0x1E separator"),
         (_zip({"info.txt": b"Sample Rate: 30\n", "log.bin": b""}), "no records"),
-        (
-            _zip({"info.txt": b"Sample Rate: 30\nAcceleration Scale: 256\n", "log.bin": record(3, 0, b"\x01")}),
-            "no acceleration",
-        ),
+        (_zip({"info.txt": b"Sample Rate: 30\n", "log.bin": record(3, 0, b"\x01")}), "no acceleration"),
     ],
 )
 def test_bad_files_are_422_naming_the_problem(source: io.BytesIO, message: str) -> None:

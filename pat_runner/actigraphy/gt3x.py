@@ -75,7 +75,9 @@ def read_gt3x(
     del decoded.xyz
     start = localize(decoded.base + timedelta(seconds=lead), zone, timezone, "info.txt/log.bin start")
     device = _device("ActiGraph", decoded.info.device_type, decoded.info.serial_number)
-    return RawRecording(start=start, timezone=timezone, epoch_seconds=EPOCH_SECONDS, values=counts, device=device)
+    return RawRecording(
+        start=start, timezone=timezone, epoch_seconds=EPOCH_SECONDS, values=counts, device=device
+    )
 
 
 @dataclass
@@ -128,7 +130,8 @@ def decode_gt3x(source: str | Path | BinaryIO, *, max_minutes: int, max_samples:
         first = int(np.floor(times[0] + 1e-6))
         base = UNIX_EPOCH + timedelta(seconds=first)
         elapsed = times - first
-    return Decoded(base=base, elapsed=elapsed, xyz=np.ascontiguousarray(xyz), rate=info.sample_rate, info=info)
+    xyz = np.ascontiguousarray(xyz)
+    return Decoded(base=base, elapsed=elapsed, xyz=xyz, rate=info.sample_rate, info=info)
 
 
 def minute_counts(

@@ -71,7 +71,7 @@ def read_mesa_csv(data: bytes, *, recording_start: str, timezone: str, max_minut
         row = int(np.argmax(offwrist > 1))
         raise InvalidInput(f"line {row + 2}: 'offwrist' must be 0 or 1, got {offwrist[row]}")
     text = table["activity"].astype(str).str.strip()
-    activity = pd.to_numeric(text.where(text != ""), errors="coerce").to_numpy(dtype=np.float64)
+    activity = pd.to_numeric(text.where(text != ""), errors="coerce").to_numpy(dtype=np.float64, copy=True)
     bad = np.isnan(activity) & (text != "").to_numpy()
     if bad.any() or (activity < 0).any():
         row = int(np.argmax(bad | (activity < 0)))
@@ -98,7 +98,9 @@ def read_mesa_csv(data: bytes, *, recording_start: str, timezone: str, max_minut
     values[index] = activity
     start = localize(naive_start, zone, timezone, "recording_start")
     device = _device("Philips Respironics", "Actiwatch Spectrum", None)
-    return RawRecording(start=start, timezone=timezone, epoch_seconds=EPOCH_SECONDS, values=values, device=device)
+    return RawRecording(
+        start=start, timezone=timezone, epoch_seconds=EPOCH_SECONDS, values=values, device=device
+    )
 
 
 def _integers(column: pd.Series, name: str, *, minimum: int) -> np.ndarray:

@@ -26,9 +26,8 @@ def read_upload(
         head = file.read(len(ZIP_MAGIC))
     if head == ZIP_MAGIC:
         if size > settings.max_raw_upload_bytes:
-            raise PayloadTooLarge(
-                f"the .gt3x file is {size:,} bytes, more than the maximum of {settings.max_raw_upload_bytes:,}"
-            )
+            limit = settings.max_raw_upload_bytes
+            raise PayloadTooLarge(f"the .gt3x file is {size:,} bytes, more than the maximum of {limit:,}")
         return read_gt3x(
             path,
             timezone=timezone,
@@ -36,7 +35,8 @@ def read_upload(
             max_samples=settings.max_raw_samples,
         )
     if size > settings.max_upload_bytes:
-        raise PayloadTooLarge(f"the file is {size:,} bytes, more than the maximum of {settings.max_upload_bytes:,}")
+        limit = settings.max_upload_bytes
+        raise PayloadTooLarge(f"the file is {size:,} bytes, more than the maximum of {limit:,}")
     data = path.read_bytes()
     first_line = data[:4096].decode("utf-8-sig", errors="replace").split("\n", 1)[0]
     if looks_like_mesa(first_line):

@@ -70,15 +70,32 @@ def to_raw(recording: Recording) -> RawRecording:
     )
 
 
+def minute_attention(received: np.ndarray) -> list[float]:
+    """Attention a window's patches receive, each patch's share spread evenly over its minutes, so the
+    window's 10,080 values sum to 1 like the patches' do."""
+    patch_minutes = WEEK_MINUTES // len(received)
+    return np.repeat(received.astype(np.float64) / patch_minutes, patch_minutes).tolist()
+
+
 def input_digest(pre: Preprocessed) -> str:
     """SHA-256 of the canonical minutes, for audit records (never the values themselves)."""
     return hashlib.sha256(pre.canonical_bytes()).hexdigest()
 
 
 class Analyzer:
-    def __init__(self, *, model: ServedModel, infer: Infer, cache: ResultCache, settings: Settings) -> None:
+    def __init__(
+        self,
+        *,
+        model: ServedModel,
+        infer: Infer,
+        cache: ResultCache,
+        settings: Settings,
+        infer_attention: Infer | None = None,
+    ) -> None:
         self.model = model
         self.infer = infer
+        # The explicit-attention forward pass, for `options.outputs` with "attention".
+        self.infer_attention = infer_attention
         self.cache = cache
         self.settings = settings
 
@@ -93,10 +110,15 @@ class Analyzer:
         )
         return pre
 
-    async def run_pat(self, pre: Preprocessed, *, per_patch: bool) -> PatOutput:
+    async def run_pat(self, pre: Preprocessed, *, per_patch: bool, attention: bool = False) -> PatOutput:
+        infer = self.infer
+        if attention:
+            if self.infer_attention is None:
+                raise ModelUnavailable("this service was started without the attention output")
+            infer = self.infer_attention
         with telemetry.span("inference", windows=len(pre.windows), model_tag=self.model.summary.tag):
             try:
-                records = await self.infer(pre.windows)
+                records = await infer(pre.windows)
             except ModelUnavailable:
                 raise
             except Exception as exc:
@@ -119,13 +141,18 @@ class Analyzer:
                     embedding=patches.mean(axis=0).tolist(),
                     probability=None if np.isnan(probability) else probability,
                     patches=patches.tolist() if per_patch else [],
+                    attention=minute_attention(records["attention"][i]) if attention else [],
                 )
             )
         return PatOutput(standardization=pre.quality.standardization, windows=windows)
 
     def _needs_model(self, outputs: Sequence[str]) -> bool:
         # FHIR carries PAT only as the head's RiskAssessment; an encoder-only model adds nothing there.
-        return "pat" in outputs or ("fhir" in outputs and self.model.summary.head_task is not None)
+        return (
+            "pat" in outputs
+            or "attention" in outputs
+            or ("fhir" in outputs and self.model.summary.head_task is not None)
+        )
 
     async def _compute(self, pre: Preprocessed, raw: RawRecording, options: AnalyzeOptions) -> dict[str, Any]:
         metrics = None
@@ -136,7 +163,11 @@ class Analyzer:
                         pre.minutes, unit=raw.unit, sleep_method=options.sleep_algorithm
                     )
                 )
-        pat = await self.run_pat(pre, per_patch=False) if self._needs_model(options.outputs) else None
+        pat = (
+            await self.run_pat(pre, per_patch=False, attention="attention" in options.outputs)
+            if self._needs_model(options.outputs)
+            else None
+        )
         return {
             "quality": pre.quality.model_dump(mode="json"),
             "metrics": metrics.model_dump(mode="json") if metrics else None,
@@ -165,7 +196,7 @@ class Analyzer:
             model=self.model.summary,
             quality=computed["quality"],
             metrics=computed["metrics"] if "metrics" in options.outputs else None,
-            pat=computed["pat"] if "pat" in options.outputs else None,
+            pat=computed["pat"] if {"pat", "attention"} & set(options.outputs) else None,
             warnings=computed["warnings"],
             cache=outcome,
         )
