@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pat_runner import telemetry
+from pat_runner.actigraphy.fhir_in import FHIR_EXAMPLE, read_fhir_resource
 from pat_runner.actigraphy.uploads import read_upload
 from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import InvalidInput, PayloadTooLarge, ServiceError
@@ -32,9 +33,10 @@ from pat_runner.serving.http import (
     error_response,
 )
 from pat_runner.serving.openapi import enrich
-from pat_runner.serving.pipeline import Analyzer, served_model
+from pat_runner.serving.pipeline import Analyzer, from_raw, served_model
 from pat_runner.serving.runner import PATModel
 from pat_runner.serving.schemas import (
+    MAX_VALUES,
     SUBJECT_PATTERN,
     AnalyzeOptions,
     AnalyzeResponse,
@@ -191,21 +193,44 @@ class PATService:
             raw = read_upload(
                 file, file.name, timezone=timezone, recording_start=recording_start, settings=settings
             )
-            recording = Recording.model_validate(
-                {
-                    "start": raw.start,
-                    "timezone": raw.timezone,
-                    "epoch_seconds": raw.epoch_seconds,
-                    "values": [None if v != v else float(v) for v in raw.values],
-                    "unit": raw.unit,
-                    "subject": subject or None,
-                    "device": raw.device,
-                }
-            )
+            recording = from_raw(raw, subject or None)
             options = AnalyzeOptions(outputs=outputs)
             state["audit"]["upload_bytes"] = upload_bytes
             return await self.analyzer.analyze(
                 recording, options, request_id=state["request_id"], audit=state["audit"]
+            )
+        except ServiceError as exc:
+            return _fail(ctx, exc)
+        except ValueError as exc:
+            return _fail(ctx, InvalidInput(str(exc)))
+
+    @bentoml.api(route="/v1/analyze/fhir")
+    async def analyze_fhir(
+        self,
+        ctx: bentoml.Context,
+        resource: Annotated[
+            dict[str, Any],
+            Field(
+                description="A FHIR R4 Observation whose valueSampledData is the epoch series, or a "
+                "Bundle of them (docs/inputs.md).",
+                json_schema_extra={"example": FHIR_EXAMPLE},
+            ),
+        ],
+        timezone: Annotated[str, Field(description="IANA time zone of the wearer.", max_length=64)],
+        options: AnalyzeOptions = DEFAULT_ANALYZE,
+    ) -> AnalyzeResponse:
+        """Analyse a recording stored as FHIR: an R4 `Observation` with `valueSampledData` (or a
+        `Bundle` of them), as a health data service keeps device data."""
+        state = _state(ctx)
+        try:
+            raw = read_fhir_resource(
+                resource,
+                timezone=timezone,
+                max_minutes=settings.max_recording_minutes,
+                max_values=MAX_VALUES,
+            )
+            return await self.analyzer.analyze(
+                from_raw(raw), options, request_id=state["request_id"], audit=state["audit"]
             )
         except ServiceError as exc:
             return _fail(ctx, exc)

@@ -70,6 +70,21 @@ def to_raw(recording: Recording) -> RawRecording:
     )
 
 
+def from_raw(raw: RawRecording, subject: str | None = None) -> Recording:
+    """A device file's or FHIR resource's recording, validated as the JSON API validates `recording`."""
+    return Recording.model_validate(
+        {
+            "start": raw.start,
+            "timezone": raw.timezone,
+            "epoch_seconds": raw.epoch_seconds,
+            "values": [None if v != v else float(v) for v in raw.values],
+            "unit": raw.unit,
+            "subject": subject or raw.subject,
+            "device": raw.device,
+        }
+    )
+
+
 def minute_attention(received: np.ndarray) -> list[float]:
     """Attention a window's patches receive, each patch's share spread evenly over its minutes, so the
     window's 10,080 values sum to 1 like the patches' do."""
