@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio.to_thread
 import bentoml
 import numpy as np
 from pydantic import Field
@@ -190,8 +191,11 @@ class PATService:
         state = _state(ctx)
         try:
             upload_bytes = file.stat().st_size
-            raw = read_upload(
-                file, file.name, timezone=timezone, recording_start=recording_start, settings=settings
+            # Decoding a raw week takes CPU-seconds: off the event loop, like preprocessing.
+            raw = await anyio.to_thread.run_sync(
+                lambda: read_upload(
+                    file, file.name, timezone=timezone, recording_start=recording_start, settings=settings
+                )
             )
             recording = from_raw(raw, subject or None)
             options = AnalyzeOptions(outputs=outputs)
