@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(32 * 2**20, ge=1)
     # raw .gt3x uploads: a week at 100 Hz is a few hundred MB; the body is spooled to a private file
     max_raw_upload_bytes: int = Field(512 * 2**20, ge=1)
-    # decoded samples of one .gt3x (pygt3x needs ~170 B of memory per sample): 8 days at 30 Hz
+    # decoded samples of one .gt3x (pygt3x needs ~160 B of memory per sample): 8 days at 30 Hz
     max_raw_samples: int = Field(8 * 1_440 * 60 * 30, ge=1)
     max_batch_recordings: int = Field(32, ge=1)
 

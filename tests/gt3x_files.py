@@ -27,9 +27,7 @@ DOTNET_TICKS_AT_UNIX_EPOCH = 621_355_968_000_000_000
 
 def record(kind: int, timestamp: int, payload: bytes) -> bytes:
     header = struct.pack("<BBLH", 0x1E, kind, timestamp, len(payload))
-    checksum = 0
-    for byte in header + payload:
-        checksum ^= byte
+    checksum = int(np.bitwise_xor.reduce(np.frombuffer(header + payload, dtype=np.uint8)))
     return header + payload + bytes([~checksum & 0xFF])
 
 

@@ -122,3 +122,8 @@ def test_bad_resources_are_422_naming_the_element(resource: dict, message: str) 
 def test_unknown_timezone_is_422() -> None:
     with pytest.raises(InvalidInput, match="timezone"):
         read_fhir_resource(FHIR_EXAMPLE, timezone="Mars/Olympus", max_minutes=80_640, max_values=10)
+
+
+def test_overflowing_values_are_422() -> None:
+    with pytest.raises(InvalidInput, match="not finite"):
+        read(observation("2024-03-04T00:00:00Z", "1 1e999"))

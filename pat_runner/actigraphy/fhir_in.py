@@ -106,8 +106,9 @@ def _validate(model: type[Observation] | type[Bundle], resource: dict[str, Any],
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
         raise InvalidInput(f"{_path(root, error['loc'])}: {error['msg']}") from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidInput(f"{root}: not a valid FHIR R4 {root} ({str(exc)[:120]})") from None
+    except Exception as exc:
+        # Whatever else the FHIR models raise on an untrusted document is the document's fault.
+        raise InvalidInput(f"{root}: not a valid FHIR R4 {root} ({type(exc).__name__})") from None
 
 
 def _path(root: str, loc: tuple[Any, ...]) -> str:
@@ -157,6 +158,8 @@ def _piece(observation: Observation, where: str, max_values: int) -> _Piece:
         raise InvalidInput(f"{where}.valueSampledData.origin.value: required")
     factor = float(sampled.factor) if sampled.factor is not None else 1.0
     values = float(origin.value) + factor * values
+    if np.isinf(values).any():
+        raise InvalidInput(f"{where}.valueSampledData: origin + factor × data is not finite")
     if (values < 0).any():
         raise InvalidInput(f"{where}.valueSampledData: origin + factor × data is negative (not activity)")
     unit_names = {str(u).strip().lower() for u in (origin.code, origin.unit) if u}
