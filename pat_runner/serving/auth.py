@@ -85,6 +85,7 @@ ENDPOINT_POLICY: dict[str, Rule] = {
     "/v1/analyze/batch": Rule(ROLES),
     "/v1/embed": Rule(ROLES),
     "/v1/analyze/file": Rule(ROLES),
+    "/v1/analyze/fhir": Rule(ROLES),
     "/v1/models": Rule(ROLES),
     "/v1/cache/invalidate": Rule(ADMIN_ONLY),
     "/metrics": Rule(MONITORING, protected_by="protect_metrics"),
