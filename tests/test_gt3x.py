@@ -127,3 +127,10 @@ def _zip(files: dict[str, bytes]) -> io.BytesIO:
 def test_bad_files_are_422_naming_the_problem(source: io.BytesIO, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         read_gt3x(source, timezone="UTC", **LIMITS)
+
+
+def test_missing_acceleration_scale_is_422() -> None:
+    second = np.zeros((30, 3), dtype="<i2").tobytes()
+    archive = _zip({"info.txt": b"Sample Rate: 30\n", "log.bin": record(26, 1_700_000_000, second)})
+    with pytest.raises(InvalidInput, match="Acceleration Scale"):
+        read_gt3x(archive, timezone="UTC", **LIMITS)

@@ -59,11 +59,6 @@ logging.getLogger("pygt3x").setLevel(logging.ERROR)
 logging.getLogger("agcounts").setLevel(logging.WARNING)
 
 
-def is_gt3x(head: bytes) -> bool:
-    """Whether a file starts like a zip archive (a `.gt3x`)."""
-    return head.startswith(ZIP_MAGIC)
-
-
 def read_gt3x(
     source: str | Path | BinaryIO, *, timezone: str, max_minutes: int, max_samples: int
 ) -> RawRecording:
@@ -115,13 +110,22 @@ def decode_gt3x(source: str | Path | BinaryIO, *, max_minutes: int, max_samples:
                     f"{max_samples:,}; send it in parts"
                 )
             times = acceleration[:, 0].copy()
-            # pygt3x's own rule (`FileReader.to_pandas`): NHANES files are already in g.
-            xyz = acceleration[:, 1:4] if nhanes else reader.calibrate_acceleration(acceleration[:, 1:4])
+            # pygt3x's own rule (`FileReader.to_pandas`): NHANES files are already in g. A scale of 0
+            # gives non-finite samples, refused below.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                xyz = acceleration[:, 1:4] if nhanes else reader.calibrate_acceleration(acceleration[:, 1:4])
             del acceleration
     except InvalidInput:
         raise
-    except (zipfile.BadZipFile, KeyError, ValueError, struct.error, NotImplementedError, AssertionError):
+    except MemoryError:
+        raise
+    except Exception:
+        # Whatever else the decoder raises on an untrusted archive is the archive's fault.
         raise InvalidInput("the .gt3x file is damaged: its records cannot be decoded") from None
+    if not np.isfinite(xyz).all():
+        raise InvalidInput(
+            "the .gt3x samples are not finite after calibration (info.txt 'Acceleration Scale' missing or 0?)"
+        )
     if nhanes:
         # pygt3x numbers NHANES samples from the start date's ticks / 1e9, not in Unix seconds.
         base = DOTNET_EPOCH + timedelta(seconds=info.start_date // TICKS_PER_SECOND)
