@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pat_runner import telemetry
+from pat_runner.actigraphy.fhir_in import FHIR_EXAMPLE, read_fhir_resource
 from pat_runner.actigraphy.readers import NO_TIMEZONE_WARNING
 from pat_runner.actigraphy.sleep import SleepMethod, SleepPeriodAlgorithm
 from pat_runner.cache.cache import ResultCache
@@ -119,12 +120,16 @@ class PATService:
             infer=self._infer,
             cache=self.cache,
             settings=settings,
+            infer_attention=self._infer_attention,
         )
         telemetry.record_model_info(self.model_info)
 
     async def _infer(self, windows: np.ndarray) -> np.ndarray:
         # The dependency's client gets its endpoints only after __init__, at server start-up.
         return await self.model_service.to_async.infer(windows)
+
+    async def _infer_attention(self, windows: np.ndarray) -> np.ndarray:
+        return await self.model_service.to_async.infer_attention(windows)
 
     @bentoml.on_shutdown
     async def close(self) -> None:
@@ -207,15 +212,28 @@ class PATService:
         sleep_algorithm: SleepMethod = DEFAULT_ANALYZE.sleep_algorithm,
         sleep_period_algorithm: SleepPeriodAlgorithm = DEFAULT_ANALYZE.sleep_period_algorithm,
         nonwear_algorithm: Annotated[str, Field(pattern="^(|choi|troiano|none)$")] = "",
+        recording_start: Annotated[
+            str,
+            Field(
+                max_length=32,
+                description="NSRR/MESA CSVs only (they have no dates): local date of the first row, "
+                "e.g. `2010-03-04` (or date and time, `2010-03-04T20:30:00`).",
+            ),
+        ] = "",
     ) -> AnalyzeResponse:
-        """Analyse a device export uploaded as multipart/form-data: ActiGraph `.agd` or CSV, Actiwatch
-        `.awd`. Timestamps in the file are read as local clock time in `timezone` (UTC, with a warning,
-        when it is not given); an empty `nonwear_algorithm` is the service's default."""
-        data = await asyncio.to_thread(file.read_bytes)
-        ctx.request.state.audit["upload_bytes"] = len(data)
+        """Analyse a device file uploaded as multipart/form-data: raw ActiGraph `.gt3x`, ActiGraph `.agd`
+        or CSV, Actiwatch `.awd`, NSRR/MESA Actiwatch CSV (docs/inputs.md). Timestamps in the file are
+        read as local clock time in `timezone` (UTC, with a warning, when it is not given); an empty
+        `nonwear_algorithm` is the service's default."""
+        ctx.request.state.audit["upload_bytes"] = file.stat().st_size
         try:
             raw = await parse_upload(
-                data, file.name, timezone=timezone or "UTC", settings=settings, max_epochs=MAX_VALUES
+                file,
+                file.name,
+                timezone=timezone or "UTC",
+                recording_start=recording_start,
+                settings=settings,
+                max_epochs=MAX_VALUES,
             )
             options = AnalyzeOptions(
                 outputs=outputs,
@@ -236,6 +254,37 @@ class PATService:
         _audit(ctx, analysis.facts)
         if not timezone:
             analysis.response.warnings.append(NO_TIMEZONE_WARNING)
+        return analysis.response
+
+    @bentoml.api(route=routes.ANALYZE_FHIR)
+    @enveloped
+    async def analyze_fhir(
+        self,
+        ctx: bentoml.Context,
+        resource: Annotated[
+            dict[str, Any],
+            Field(
+                description="A FHIR R4 Observation whose valueSampledData is the epoch series, or a "
+                "Bundle of them (docs/inputs.md).",
+                json_schema_extra={"example": FHIR_EXAMPLE},
+            ),
+        ],
+        timezone: Annotated[str, Field(description="IANA time zone of the wearer.", max_length=64)],
+        options: AnalyzeOptions = DEFAULT_ANALYZE,
+    ) -> AnalyzeResponse:
+        """Analyse a recording stored as FHIR: an R4 `Observation` with `valueSampledData` (or a
+        `Bundle` of them), as a health data service keeps device data."""
+        try:
+            raw = read_fhir_resource(
+                resource,
+                timezone=timezone,
+                max_minutes=settings.max_recording_minutes,
+                max_values=MAX_VALUES,
+            )
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from exc
+        analysis = await self.analyzer.analyze(raw, options, request_id=_request_id(ctx))
+        _audit(ctx, analysis.facts)
         return analysis.response
 
     @bentoml.api(route=routes.CACHE_INVALIDATE)
@@ -287,6 +336,7 @@ PATService.add_asgi_middleware(
 PATService.add_asgi_middleware(
     RequestLimitsMiddleware,
     max_request_bytes=settings.max_request_bytes,
-    max_upload_bytes=settings.max_upload_bytes,
+    # The body limit of uploads is the raw-file one; text exports are held to theirs once read.
+    max_upload_bytes=max(settings.max_upload_bytes, settings.max_raw_upload_bytes),
     max_request_values=settings.max_request_values,
 )

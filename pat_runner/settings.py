@@ -70,12 +70,16 @@ class Settings(BaseSettings):
     # request limits
     max_request_bytes: int = Field(16 * 2**20, ge=1)
     max_upload_bytes: int = Field(32 * 2**20, ge=1)
+    # raw .gt3x uploads: a week at 100 Hz is a few hundred MB; the body is spooled to a private file
+    max_raw_upload_bytes: int = Field(512 * 2**20, ge=1)
+    # decoded samples of one .gt3x (pygt3x needs ~160 B of memory per sample): 8 days at 30 Hz
+    max_raw_samples: int = Field(8 * 1_440 * 60 * 30, ge=1)
     max_batch_recordings: int = Field(32, ge=1)
     # the total work of one request: minutes summed over a batch's recordings
     max_request_minutes: int = Field(4 * 8 * WEEK_MINUTES, ge=1)
-    # values in one JSON body, estimated from its commas before it is parsed (as many as the longest
-    # recording the schema allows: twelve weeks of 15-s epochs)
-    max_request_values: int = Field(12 * WEEK_MINUTES * 4, ge=1)
+    # values in one JSON body, estimated from its commas before it is parsed: two weeks of 1-s epochs
+    # (a week at 1 s must fit; 17 eight-week minute recordings in one batch must not)
+    max_request_values: int = Field(2 * WEEK_MINUTES * 60, ge=1)
     max_url_bytes: int = Field(8192, ge=256)
     # a device file is parsed in a child process under these budgets; past them → 422/413
     upload_parse_timeout_s: float = Field(10.0, gt=0)

@@ -9,6 +9,7 @@ ENDPOINTS: list[tuple[str, str, set[str]]] = [
     ("POST", "/v1/analyze/batch", ANY_ROLE),
     ("POST", "/v1/embed", ANY_ROLE),
     ("POST", "/v1/analyze/file", ANY_ROLE),
+    ("POST", "/v1/analyze/fhir", ANY_ROLE),
     ("GET", "/v1/models", ANY_ROLE),
     ("POST", "/v1/cache/invalidate", {"admin"}),
     ("GET", "/metrics", {"admin", "service"}),

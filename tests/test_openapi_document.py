@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +171,15 @@ def _multipart(parts: list[tuple[str, str | None, bytes]]) -> tuple[Headers, byt
     return Headers({"content-type": "multipart/form-data; boundary=b"}), body
 
 
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
 async def test_repeated_text_fields_are_merged_into_a_json_array() -> None:
     headers, body = _multipart(
         [("file", "week.agd", b"\x00data"), ("outputs", None, b"metrics"), ("outputs", None, b"pat")]
     )
-    problem, merged = await _check_upload(headers, body)
+    problem, merged = await _check_upload(headers, _once(body))
     assert problem is None and merged is not None
     boundary = merged[2 : merged.index(b"\r\n")].decode()
 
@@ -190,7 +195,7 @@ async def test_repeated_text_fields_are_merged_into_a_json_array() -> None:
 
 async def test_single_fields_pass_unchanged_and_text_file_field_is_refused() -> None:
     headers, body = _multipart([("file", "week.agd", b"x"), ("outputs", None, b"metrics,pat")])
-    assert await _check_upload(headers, body) == (None, None)
+    assert await _check_upload(headers, _once(body)) == (None, None)
     headers, body = _multipart([("file", None, b"https://example.test/x.agd")])
-    problem, _ = await _check_upload(headers, body)
+    problem, _ = await _check_upload(headers, _once(body))
     assert problem is not None and problem[:2] == (422, "validation_error")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydantic import ValidationError
 from starlette.datastructures import FormData, Headers, UploadFile
@@ -26,6 +27,7 @@ from pat_runner.errors import ServiceError
 logger = logging.getLogger("pat.http")
 
 UPLOAD_PATH = "/v1/analyze/file"
+UPLOAD_CHUNK_BYTES = 1 << 20
 CODE_BY_STATUS = {
     400: "invalid_request",
     401: "unauthenticated",
@@ -230,6 +232,9 @@ class RequestLimitsMiddleware:
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await self._reject(scope, send, 413, "payload_too_large", f"request body exceeds {limit:,} bytes")
             return
+        if is_upload and scope["method"] == "POST":
+            await self._upload(scope, receive, send, headers, limit)
+            return
         body = bytearray()
         while True:
             message = await receive()
@@ -245,25 +250,11 @@ class RequestLimitsMiddleware:
                 break
         if scope["method"] == "POST":
             # Other methods are BentoML's 405; a check here would answer them with a 4xx of the body.
-            if is_upload:
-                problem, merged = await _check_upload(headers, bytes(body))
-                if merged is not None:
-                    body, scope = bytearray(merged), _with_body_headers(scope, merged)
-            else:
-                problem = _json_problem(headers) or self._values_problem(body)
+            problem = _json_problem(headers) or self._values_problem(body)
             if problem is not None:
                 await self._reject(scope, send, *problem)
                 return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, _replay_once(bytes(body), receive), send)
 
     def _values_problem(self, body: bytearray) -> tuple[int, str, str] | None:
         # BentoML parses and validates the whole body on the event loop before any handler runs; a
@@ -276,6 +267,46 @@ class RequestLimitsMiddleware:
                 f"the request carries more than {self.max_request_values:,} values",
             )
         return None
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send, headers: Headers, limit: int) -> None:
+        """Uploads (raw `.gt3x` files run to hundreds of MB) are spooled to an unnamed private temporary
+        file, checked, and replayed from it in chunks, so no copy of the body is held in memory."""
+        with tempfile.TemporaryFile() as spool:
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    await self._reject(
+                        scope, send, 413, "payload_too_large", f"request body exceeds {limit:,} bytes"
+                    )
+                    return
+                spool.write(chunk)
+                if not message.get("more_body", False):
+                    break
+            spool.seek(0)
+            problem, merged = await _check_upload(headers, _chunks(spool))
+            if problem is not None:
+                await self._reject(scope, send, *problem)
+                return
+            if merged is not None:
+                await self.app(_with_body_headers(scope, merged), _replay_once(merged, receive), send)
+                return
+            spool.seek(0)
+            finished = False
+
+            async def replay() -> Message:
+                nonlocal finished
+                if finished:
+                    return await receive()
+                chunk = spool.read(UPLOAD_CHUNK_BYTES)
+                finished = len(chunk) < UPLOAD_CHUNK_BYTES
+                return {"type": "http.request", "body": chunk, "more_body": not finished}
+
+            await self.app(scope, replay, send)
 
     @staticmethod
     async def _reject(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
@@ -291,7 +322,27 @@ def _json_problem(headers: Headers) -> tuple[int, str, str] | None:
     return None
 
 
-async def _check_upload(headers: Headers, body: bytes) -> tuple[tuple[int, str, str] | None, bytes | None]:
+async def _chunks(spool: BinaryIO) -> AsyncIterator[bytes]:
+    while chunk := spool.read(UPLOAD_CHUNK_BYTES):
+        yield chunk
+
+
+def _replay_once(body: bytes, receive: Receive) -> Receive:
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _check_upload(
+    headers: Headers, body: AsyncIterator[bytes]
+) -> tuple[tuple[int, str, str] | None, bytes | None]:
     """The upload must be multipart/form-data whose `file` field is a file part, not a string. Returns
     the problem, if any, and a rewritten body when a text field is repeated (`_merge_repeated`)."""
     if headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
@@ -300,11 +351,7 @@ async def _check_upload(headers: Headers, body: bytes) -> tuple[tuple[int, str, 
             "unsupported_media_type",
             "upload the device file as multipart/form-data (field `file`)",
         ), None
-
-    async def stream():
-        yield body
-
-    parser = MultiPartParser(headers, stream(), max_files=1, max_fields=16)
+    parser = MultiPartParser(headers, body, max_files=1, max_fields=16)
     try:
         form = await parser.parse()
     except MultiPartException as exc:

@@ -56,6 +56,7 @@ class Plan:
 
     metrics: bool
     pat: bool
+    attention: bool
     sleep_algorithm: str
     sleep_period_algorithm: str
     nonwear_algorithm: NonwearAlgorithm
@@ -67,15 +68,17 @@ class Plan:
     def of(cls, options: AnalyzeOptions, model: ModelInfo, settings: Settings) -> Plan:
         outputs = set(options.outputs)
         fhir = "fhir" in outputs
+        attention = "attention" in outputs
         return cls(
             metrics="metrics" in outputs or fhir,
             # FHIR carries PAT only as the head's RiskAssessment; an encoder-only model adds nothing there.
-            pat="pat" in outputs or (fhir and model.head_task is not None),
+            pat="pat" in outputs or attention or (fhir and model.head_task is not None),
+            attention=attention,
             sleep_algorithm=options.sleep_algorithm,
             sleep_period_algorithm=options.sleep_period_algorithm,
             nonwear_algorithm=options.nonwear_algorithm or settings.nonwear_algorithm,
             return_metrics="metrics" in outputs,
-            return_pat="pat" in outputs,
+            return_pat="pat" in outputs or attention,
             fhir=fhir,
         )
 
@@ -93,6 +96,8 @@ class Plan:
             )
         if self.pat:
             options.add("pat")
+        if self.attention:
+            options.add("attention")
         return frozenset(options)
 
 
@@ -130,6 +135,13 @@ def to_raw(recording: Recording) -> RawRecording:
     )
 
 
+def minute_attention(received: np.ndarray) -> list[float]:
+    """Attention a window's patches receive, each patch's share spread evenly over its minutes, so the
+    window's 10,080 values sum to 1 like the patches' do."""
+    patch_minutes = WEEK_MINUTES // len(received)
+    return np.repeat(received.astype(np.float64) / patch_minutes, patch_minutes).tolist()
+
+
 def input_digest(pre: Preprocessed) -> str:
     """SHA-256 of the canonical minutes, for audit records (never the values themselves)."""
     return hashlib.sha256(pre.canonical_bytes()).hexdigest()
@@ -144,11 +156,14 @@ class Analyzer:
         infer: Infer,
         cache: ResultCache,
         settings: Settings,
+        infer_attention: Infer | None = None,
     ) -> None:
         self.model = model
         self.summary = ModelSummary.of(model)
         self.scaler = scaler
         self.infer = infer
+        # The explicit-attention forward pass, for `options.outputs` with "attention".
+        self.infer_attention = infer_attention
         self.cache = cache
         self.settings = settings
 
@@ -161,10 +176,15 @@ class Analyzer:
         facts = InputFacts(input_sha256=input_digest(pre), minutes=len(pre.minutes), model_tag=self.model.tag)
         return pre, facts
 
-    async def run_pat(self, pre: Preprocessed, *, per_patch: bool) -> PatOutput:
+    async def run_pat(self, pre: Preprocessed, *, per_patch: bool, attention: bool = False) -> PatOutput:
+        infer = self.infer
+        if attention:
+            if self.infer_attention is None:
+                raise ModelUnavailable("this service was started without the attention output")
+            infer = self.infer_attention
         with telemetry.span("inference", windows=len(pre.windows), model_tag=self.model.tag):
             try:
-                records = await self.infer(pre.windows)
+                records = await infer(pre.windows)
             except ModelUnavailable:
                 raise
             except Exception as exc:
@@ -187,6 +207,7 @@ class Analyzer:
                     embedding=patches.mean(axis=0).tolist(),
                     probability=None if np.isnan(probability) else probability,
                     patches=patches.tolist() if per_patch else [],
+                    attention=minute_attention(records["attention"][i]) if attention else [],
                 )
             )
         return PatOutput(standardization=pre.quality.standardization, windows=windows)
@@ -205,7 +226,7 @@ class Analyzer:
                         min_night_coverage=self.settings.min_night_coverage,
                     )
                 )
-        pat = await self.run_pat(pre, per_patch=False) if plan.pat else None
+        pat = await self.run_pat(pre, per_patch=False, attention=plan.attention) if plan.pat else None
         return ComputedResult(quality=pre.quality, metrics=metrics, pat=pat, warnings=list(pre.warnings))
 
     async def analyze(self, raw: RawRecording, options: AnalyzeOptions, *, request_id: str) -> Analysis:

@@ -18,6 +18,7 @@ ANALYZE = "/v1/analyze"
 ANALYZE_BATCH = "/v1/analyze/batch"
 EMBED = "/v1/embed"
 ANALYZE_FILE = "/v1/analyze/file"
+ANALYZE_FHIR = "/v1/analyze/fhir"
 MODELS = "/v1/models"
 CACHE_INVALIDATE = "/v1/cache/invalidate"
 
@@ -40,6 +41,7 @@ ENDPOINT_POLICY: dict[str, Rule] = {
     ANALYZE_BATCH: Rule(ROLES),
     EMBED: Rule(ROLES),
     ANALYZE_FILE: Rule(ROLES),
+    ANALYZE_FHIR: Rule(ROLES),
     MODELS: Rule(ROLES),
     CACHE_INVALIDATE: Rule(ADMIN_ONLY),
     "/metrics": Rule(MONITORING, protected_by="protect_metrics"),

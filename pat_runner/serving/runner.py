@@ -32,21 +32,36 @@ def pick_device(requested: str) -> str:
     return requested
 
 
-def output_dtype(num_patches: int, embed_dim: int) -> np.dtype:
-    """One record per week window: per-patch embeddings and the head's probability (NaN without head)."""
-    return np.dtype([("patches", np.float32, (num_patches, embed_dim)), ("probability", np.float32)])
+def output_dtype(num_patches: int, embed_dim: int, *, attention: bool = False) -> np.dtype:
+    """One record per week window: per-patch embeddings and the head's probability (NaN without head);
+    with `attention`, also the last layer's head-averaged attention each patch receives."""
+    fields = [("patches", np.float32, (num_patches, embed_dim)), ("probability", np.float32)]
+    if attention:
+        fields.append(("attention", np.float32, (num_patches,)))
+    return np.dtype(fields)
 
 
-def run_model(stored: StoredPAT, windows: np.ndarray, device: str) -> np.ndarray:
-    """Encode `(n, T)` standardized windows; the pure function behind the BentoML API, tested directly."""
+def run_model(stored: StoredPAT, windows: np.ndarray, device: str, *, attention: bool = False) -> np.ndarray:
+    """Encode `(n, T)` standardized windows; the pure function behind the BentoML API, tested directly.
+
+    With `attention` the last block computes its weights explicitly instead of the fused kernel; the
+    attention a patch receives is the mean over query patches of the head-averaged weights (sums to 1).
+    """
     model = stored.model
     x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(device)
+    received = None
     with torch.inference_mode():
-        patches = model.encode(x)
+        if attention:
+            patches, weights = model.encode(x, return_attention=True)
+            received = weights.mean(dim=1)
+        else:
+            patches = model.encode(x)
         probability = model.head_proba(patches) if model.config.has_head else None
-    out = np.empty(len(windows), dtype=output_dtype(patches.shape[1], patches.shape[2]))
+    out = np.empty(len(windows), dtype=output_dtype(patches.shape[1], patches.shape[2], attention=attention))
     out["patches"] = patches.float().cpu().numpy()
     out["probability"] = probability[:, 0].float().cpu().numpy() if probability is not None else np.nan
+    if received is not None:
+        out["attention"] = received.float().cpu().numpy()
     return out
 
 
@@ -83,6 +98,18 @@ class PATModel:
         """`(n, T)` float32 standardized week windows → structured records (see `output_dtype`)."""
         with telemetry.timer() as elapsed:
             records = run_model(self.stored, windows, self.device)
+        telemetry.record_inference(len(windows), elapsed.seconds)
+        return records
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=settings.max_batch_size,
+        max_latency_ms=settings.max_latency_ms,
+    )
+    def infer_attention(self, windows: np.ndarray) -> np.ndarray:
+        """As `infer`, with the `attention` field (`options.outputs` with `"attention"`)."""
+        with telemetry.timer() as elapsed:
+            records = run_model(self.stored, windows, self.device, attention=True)
         telemetry.record_inference(len(windows), elapsed.seconds)
         return records
 

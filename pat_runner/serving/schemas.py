@@ -20,7 +20,7 @@ from pat_runner.actigraphy.wear import NonwearAlgorithm
 from pat_runner.model.info import ModelInfo
 from pat_runner.settings import MAX_RECORDING_MINUTES_CAP
 
-Output = Literal["metrics", "pat", "fhir"]
+Output = Literal["metrics", "pat", "fhir", "attention"]
 Unit = Literal["counts", "steps", "other"]
 
 # Hard schema caps; the configurable, tighter limits are checked in preprocessing (422 with a reason).
@@ -124,9 +124,11 @@ class AnalyzeOptions(_Strict):
     outputs: list[Output] = Field(
         default_factory=lambda: ["metrics", "pat", "fhir"],
         description="Which parts to compute. `fhir` alone returns only the Bundle (metrics and PAT "
-        "outputs are still computed for it, but not returned separately).",
+        "outputs are still computed for it, but not returned separately). `attention` adds each PAT "
+        "window's `attention` (and returns the `pat` part): what the model attends to, not a clinical "
+        "explanation (docs/inputs.md).",
         min_length=1,
-        max_length=3,
+        max_length=4,
     )
     sleep_algorithm: Literal["cole_kripke", "sadeh"] = Field(
         "cole_kripke", description="Sleep/wake scoring algorithm for the sleep metrics."
@@ -169,6 +171,13 @@ class PatWindow(BaseModel):
     patches: list[list[float]] = Field(
         default_factory=list,
         description="Per-patch 96-d embeddings (`/v1/embed` with `per_patch: true`); empty otherwise.",
+    )
+    attention: list[float] = Field(
+        default_factory=list,
+        description="With `options.outputs` containing `attention`: per minute of the window (10,080 "
+        "values, summing to 1), the attention the minute's patch receives in PAT's last layer, averaged "
+        "over heads and query patches and spread evenly over the patch's minutes. It shows where the "
+        "model looked, not why, and is not a clinical explanation. Empty otherwise.",
     )
 
 

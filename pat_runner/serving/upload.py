@@ -1,5 +1,10 @@
 """Uploaded device files are parsed in a child process with a wall-clock, CPU-time and memory budget.
 
+Raw `.gt3x` archives are the exception: decoding a week of 30 Hz acceleration legitimately takes
+minutes and gigabytes (pygt3x + agcounts), far beyond the budget of an epoch export, so they are
+decoded in a worker thread after `actigraphy.gt3x`'s own checks (declared sizes, record-header time
+span, `PAT_MAX_RAW_SAMPLES`) have bounded the work. Every other format goes to the child.
+
 A parser is the one place where a small hostile input can cost a lot (pandas renaming 100,000
 duplicate columns took 107 s; a flood of short lines, gigabytes). In the API worker that would stall the
 event loop and every other request of the worker; in a thread it could not be stopped. A child process
@@ -22,12 +27,14 @@ import resource
 import signal
 import weakref
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 
+from pat_runner.actigraphy.gt3x import ZIP_MAGIC
 from pat_runner.actigraphy.preprocess import RawRecording
-from pat_runner.actigraphy.readers import read_recording_file
+from pat_runner.actigraphy.uploads import read_upload
 from pat_runner.errors import InvalidInput, ServiceError
 from pat_runner.settings import Settings
 
@@ -54,7 +61,7 @@ def _address_space_bytes() -> int:
 
 
 def _parse_in_child(
-    connection: Connection, data: bytes, filename: str, options: dict[str, Any], budget: dict[str, int]
+    connection: Connection, path: str, filename: str, options: dict[str, Any], budget: dict[str, int]
 ) -> None:
     # Limits relative to what the child already maps (the worker's interpreter, numpy, pandas and any
     # heap the worker freed but keeps mapped, which the parse may reuse).
@@ -62,7 +69,7 @@ def _parse_in_child(
     resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
     resource.setrlimit(resource.RLIMIT_CPU, (budget["cpu_s"], budget["cpu_s"] + 1))
     try:
-        result: tuple[str, Any] = ("ok", read_recording_file(data, filename, **options))
+        result: tuple[str, Any] = ("ok", read_upload(Path(path), filename, **options))
     except ServiceError as exc:
         result = ("error", (exc.status, exc.code, exc.message))
     except MemoryError:
@@ -76,27 +83,35 @@ def _parse_in_child(
     connection.close()
 
 
+def _is_raw_archive(path: Path) -> bool:
+    with path.open("rb") as file:
+        return file.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+
+
 async def parse_upload(
-    data: bytes, filename: str, *, timezone: str, settings: Settings, max_epochs: int
+    path: Path, filename: str, *, timezone: str, recording_start: str, settings: Settings, max_epochs: int
 ) -> RawRecording:
-    """`read_recording_file` in a child process under the settings' budgets; same errors, plus
-    `ParseTimeout` (422) and `ParseMemoryExceeded` (413)."""
-    timeout_s = settings.upload_parse_timeout_s
-    options = {
+    """`uploads.read_upload` of the file at `path`: in a child process under the settings' budgets
+    (same errors, plus `ParseTimeout` (422) and `ParseMemoryExceeded` (413)), or, for a raw `.gt3x`
+    archive, in a worker thread."""
+    options: dict[str, Any] = {
         "timezone": timezone,
-        "max_bytes": settings.max_upload_bytes,
-        "max_minutes": settings.max_recording_minutes,
+        "recording_start": recording_start,
+        "settings": settings,
         "max_epochs": max_epochs,
     }
+    if _is_raw_archive(path):
+        return await anyio.to_thread.run_sync(lambda: read_upload(path, filename, **options))
+    timeout_s = settings.upload_parse_timeout_s
     budget = {"memory_bytes": settings.upload_parse_memory_mb * 2**20, "cpu_s": math.ceil(timeout_s)}
     slots = _slots.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(MAX_CONCURRENT_PARSES))
     async with slots:
         receiver, sender = _CONTEXT.Pipe(duplex=False)
         process = _CONTEXT.Process(
-            target=_parse_in_child, args=(sender, data, filename, options, budget), daemon=True
+            target=_parse_in_child, args=(sender, str(path), filename, options, budget), daemon=True
         )
         try:
-            # Starting sends the file to the child through a pipe: blocking, so off the event loop.
+            # Forking copies the worker's page tables: blocking, so off the event loop.
             await anyio.to_thread.run_sync(process.start)
             sender.close()
             ready = await anyio.to_thread.run_sync(receiver.poll, timeout_s)

@@ -41,7 +41,7 @@ def legitimate_csv(rows: int) -> bytes:
     return f"timestamp,axis1\n{body}\n".encode()
 
 
-async def parse_with_loop_probe(data: bytes, settings: Settings) -> tuple[Exception, float, float, float]:
+async def parse_with_loop_probe(path: Path, settings: Settings) -> tuple[Exception, float, float, float]:
     """Parse under `settings`, measuring the event loop's worst delay (our /livez: a handler on this
     loop), this process's CPU time and its peak-RSS growth meanwhile."""
     worst = 0.0
@@ -57,7 +57,9 @@ async def parse_with_loop_probe(data: bytes, settings: Settings) -> tuple[Except
     ticker = asyncio.create_task(tick())
     cpu_before, peak_before = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
-        await parse_upload(data, "big.csv", timezone="UTC", settings=settings, max_epochs=483_840)
+        await parse_upload(
+            path, "big.csv", timezone="UTC", recording_start="", settings=settings, max_epochs=483_840
+        )
     except Exception as exc:  # the assertion below names the expected type
         error = exc
     else:
@@ -69,10 +71,11 @@ async def parse_with_loop_probe(data: bytes, settings: Settings) -> tuple[Except
     return error, worst, time.process_time() - cpu_before, peak_mb
 
 
-async def test_parse_past_its_time_budget_is_stopped_and_the_loop_keeps_running() -> None:
-    data = legitimate_csv(300_000)
+async def test_parse_past_its_time_budget_is_stopped_and_the_loop_keeps_running(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    path.write_bytes(legitimate_csv(300_000))
     settings = Settings(auth="disabled", host="127.0.0.1", upload_parse_timeout_s=0.2)
-    error, worst_lag, cpu_s, peak_mb = await parse_with_loop_probe(data, settings)
+    error, worst_lag, cpu_s, peak_mb = await parse_with_loop_probe(path, settings)
     assert isinstance(error, ParseTimeout) and (error.status, error.code) == (422, "parse_timeout")
     assert worst_lag < 1.0 and cpu_s < 1.0 and peak_mb < 100
 
@@ -82,9 +85,8 @@ import asyncio, json, sys
 from pathlib import Path
 from pat_runner.settings import Settings
 from tests.security.test_f2_csv_parse_budget import parse_with_loop_probe
-data = Path(sys.argv[1]).read_bytes()
 settings = Settings(auth="disabled", host="127.0.0.1", upload_parse_memory_mb=64)
-error, lag, cpu, peak = asyncio.run(parse_with_loop_probe(data, settings))
+error, lag, cpu, peak = asyncio.run(parse_with_loop_probe(Path(sys.argv[1]), settings))
 summary = {"type": type(error).__name__, "status": error.status, "lag": lag, "cpu": cpu, "peak": peak}
 print(json.dumps(summary))
 """

@@ -51,4 +51,4 @@ def test_batch_beyond_the_request_minutes_is_refused_before_preprocessing(pat_se
     outcome.check(status=413, cpu_s=4.0, rss_mb=400)
     # 1,370,880 values: refused by counting commas, before BentoML parses the body on the event loop.
     message = assert_bounded_error(outcome.responses[0], code="payload_too_large")
-    assert "more than 483,840 values" in message
+    assert "more than 1,209,600 values" in message
