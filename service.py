@@ -52,6 +52,7 @@ from pat_runner.settings import get_settings
 
 DEFAULT_ANALYZE = AnalyzeOptions()
 DEFAULT_EMBED = EmbedOptions()
+MODEL_INFO_TIMEOUT_S = 5.0
 settings = get_settings()
 configure_logging(settings.log_level)
 telemetry.configure_tracing()
@@ -84,7 +85,6 @@ class PATService:
         self.served = served_model(self.model_ref)
         self.cache = ResultCache.from_settings(settings)
         self.analyzer = Analyzer(model=self.served, infer=self._infer, cache=self.cache, settings=settings)
-        telemetry.record_model_info(self.served.summary)
 
     async def _infer(self, windows: np.ndarray) -> np.ndarray:
         # The dependency's client gets its endpoints only after __init__, at server start-up.
@@ -227,7 +227,15 @@ def _state(ctx: bentoml.Context) -> dict[str, Any]:
 
 async def _get_models(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
-    return JSONResponse(ModelsResponse(models=[service.served.info]).model_dump(mode="json"))
+    info = dict(service.served.info)
+    # The backend is chosen in the model service at its start-up; ask it, but never hang on it.
+    try:
+        runtime = await asyncio.wait_for(service.model_service.to_async.info(), MODEL_INFO_TIMEOUT_S)
+    except Exception:
+        info.update(backend=None, backend_selection=None)
+    else:
+        info.update({key: runtime[key] for key in ("device", "backend", "backend_selection")})
+    return JSONResponse(ModelsResponse(models=[info]).model_dump(mode="json"))
 
 
 models_app.router.routes.append(Route("/v1/models", _get_models, methods=["GET"]))

@@ -10,6 +10,7 @@ arguments win over the environment) or call `get_settings.cache_clear()` after c
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,13 @@ class Settings(BaseSettings):
     api_workers: int = Field(1, ge=1)
     # 0: torch's default
     torch_threads: int = Field(0, ge=0)
+    # inference backend (pat_runner/model/backends.py); auto: the fastest that passes the accuracy gate
+    backend: Literal["auto", "torch", "torch-bf16", "onnxruntime", "tensorrt"] = Field("auto")
+    # time per backend of auto's start-up benchmark
+    backend_bench_seconds: float = Field(1.0, gt=0, le=60)
+    # where ONNX exports (and TensorRT engines) are cached; empty: next to the stored model when
+    # writable, else a per-user temporary folder
+    onnx_cache_dir: str = Field("")
 
     # preprocessing limits
     window_stride_minutes: int = Field(WEEK_MINUTES, ge=1)

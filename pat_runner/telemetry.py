@@ -168,8 +168,8 @@ def metrics() -> _Metrics:
         ),
         model_info=Gauge(
             "pat_model_info",
-            "The served PAT model (value 1); labels tag, size and demo.",
-            ["tag", "size", "demo"],
+            "The served PAT model (value 1); labels tag, size, demo, inference backend and device.",
+            ["tag", "size", "demo", "backend", "device"],
             multiprocess_mode="livemax",
         ),
     )
@@ -207,8 +207,10 @@ class ModelDescription(Protocol):
     demo: bool
 
 
-def record_model_info(model: ModelDescription) -> None:
-    metrics().model_info.labels(tag=model.tag, size=model.size, demo=str(model.demo).lower()).set(1)
+def record_model_info(model: ModelDescription, *, backend: str, device: str) -> None:
+    metrics().model_info.labels(
+        tag=model.tag, size=model.size, demo=str(model.demo).lower(), backend=backend, device=device
+    ).set(1)
 
 
 @dataclass

@@ -93,7 +93,8 @@ class Analyzer:
         )
         return pre
 
-    async def run_pat(self, pre: Preprocessed, *, per_patch: bool) -> PatOutput:
+    async def run_pat(self, pre: Preprocessed, *, per_patch: bool) -> tuple[PatOutput, str | None]:
+        """PAT outputs per window and the name of the backend that computed them."""
         with telemetry.span("inference", windows=len(pre.windows), model_tag=self.model.summary.tag):
             try:
                 records = await self.infer(pre.windows)
@@ -121,7 +122,8 @@ class Analyzer:
                     patches=patches.tolist() if per_patch else [],
                 )
             )
-        return PatOutput(standardization=pre.quality.standardization, windows=windows)
+        backend = records["backend"][0].decode() if len(records) else None
+        return PatOutput(standardization=pre.quality.standardization, windows=windows), backend
 
     def _needs_model(self, outputs: Sequence[str]) -> bool:
         # FHIR carries PAT only as the head's RiskAssessment; an encoder-only model adds nothing there.
@@ -136,8 +138,11 @@ class Analyzer:
                         pre.minutes, unit=raw.unit, sleep_method=options.sleep_algorithm
                     )
                 )
-        pat = await self.run_pat(pre, per_patch=False) if self._needs_model(options.outputs) else None
+        pat, backend = (
+            await self.run_pat(pre, per_patch=False) if self._needs_model(options.outputs) else (None, None)
+        )
         return {
+            "backend": backend,
             "quality": pre.quality.model_dump(mode="json"),
             "metrics": metrics.model_dump(mode="json") if metrics else None,
             "pat": pat.model_dump(mode="json") if pat else None,
@@ -162,7 +167,7 @@ class Analyzer:
         audit["cache"] = outcome
         response = AnalyzeResponse(
             request_id=request_id,
-            model=self.model.summary,
+            model=self.model.summary.model_copy(update={"backend": computed.get("backend")}),
             quality=computed["quality"],
             metrics=computed["metrics"] if "metrics" in options.outputs else None,
             pat=computed["pat"] if "pat" in options.outputs else None,
@@ -210,10 +215,14 @@ class Analyzer:
     ) -> EmbedResponse:
         raw = to_raw(recording)
         pre = await self.preprocess(raw, audit)
-        pat = await self.run_pat(pre, per_patch=per_patch)
+        pat, backend = await self.run_pat(pre, per_patch=per_patch)
         warnings = list(pre.warnings)
         if self.model.summary.demo:
             warnings.append("served by the randomly initialised demo model: embeddings carry no meaning")
         return EmbedResponse(
-            request_id=request_id, model=self.model.summary, quality=pre.quality, pat=pat, warnings=warnings
+            request_id=request_id,
+            model=self.model.summary.model_copy(update={"backend": backend}),
+            quality=pre.quality,
+            pat=pat,
+            warnings=warnings,
         )

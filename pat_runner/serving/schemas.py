@@ -107,6 +107,11 @@ class ModelSummary(BaseModel):
     size: str = Field(description="PAT size: S, M or L.")
     demo: bool = Field(description="True for the randomly initialised demo model: outputs mean nothing.")
     head_task: str | None = Field(None, description="Task of the fine-tuned classification head, if any.")
+    backend: str | None = Field(
+        None,
+        description="Inference backend that computed the PAT outputs (`torch`, `torch-bf16`, `onnxruntime`, "
+        "`tensorrt`); null when the response holds no model output.",
+    )
 
 
 class PatWindow(BaseModel):
