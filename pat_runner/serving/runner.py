@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from pat_runner import telemetry
-from pat_runner.model.backends import Backend, TorchBackend, default_cache_dir, select_backend
-from pat_runner.model.store import StoredPAT, load_stored_pat, resolve_model
+from pat_runner.model.backends import Backend, default_cache_dir, select_backend
+from pat_runner.model.store import load_stored_pat, resolve_model
 from pat_runner.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -47,12 +47,9 @@ def output_dtype(num_patches: int, embed_dim: int) -> np.dtype:
     )
 
 
-def run_model(
-    stored: StoredPAT, windows: np.ndarray, device: str, backend: Backend | None = None
-) -> np.ndarray:
-    """Encode `(n, T)` standardized windows with `backend` (fp32 torch when None); the pure function
-    behind the BentoML API, tested directly."""
-    backend = backend or TorchBackend(stored.model, device)
+def run_model(backend: Backend, windows: np.ndarray) -> np.ndarray:
+    """Encode `(n, T)` standardized windows with `backend`; the pure function behind the BentoML API,
+    tested directly."""
     patches, probability = backend.run(windows)
     out = np.empty(len(windows), dtype=output_dtype(patches.shape[1], patches.shape[2]))
     out["patches"] = patches
@@ -112,7 +109,7 @@ class PATModel:
     def infer(self, windows: np.ndarray) -> np.ndarray:
         """`(n, T)` float32 standardized week windows → structured records (see `output_dtype`)."""
         with telemetry.timer() as elapsed:
-            records = run_model(self.stored, windows, self.device, self.backend)
+            records = run_model(self.backend, windows)
         telemetry.record_inference(len(windows), elapsed.seconds)
         return records
 
