@@ -63,7 +63,7 @@ def to_raw(recording: Recording) -> RawRecording:
         start=recording.start,
         timezone=recording.timezone,
         epoch_seconds=recording.epoch_seconds,
-        values=np.array([np.nan if v is None else v for v in recording.values], dtype=np.float64),
+        values=recording.values_array(),
         unit=recording.unit,
         subject=recording.subject,
         device=recording.device.model_dump() if recording.device else None,

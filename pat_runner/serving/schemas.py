@@ -11,11 +11,21 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import available_timezones
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+import numpy as np
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from pat_runner.actigraphy.fhir import DeviceInfo
 from pat_runner.actigraphy.metrics import ActigraphyMetrics
 from pat_runner.actigraphy.preprocess import QualityReport
+from pat_runner.serving.compact import ValuesDtype, decode_values
 
 Output = Literal["metrics", "pat", "fhir"]
 Unit = Literal["counts", "steps", "other"]
@@ -64,11 +74,23 @@ class Recording(_Strict):
         ge=1,
         le=60,
     )
-    values: list[float | None] = Field(
-        description="Activity per epoch; `null` = missing or off-wrist.",
+    values: list[float | None] | None = Field(
+        None,
+        description="Activity per epoch; `null` = missing or off-wrist. Give this or `values_b64`.",
         max_length=MAX_VALUES,
         min_length=1,
     )
+    # ---- compact values (pat_runner/serving/compact.py) ----
+    values_b64: str | None = Field(
+        None,
+        description="The values in compact form instead of `values`: base64 (standard alphabet, padded) "
+        "of little-endian `values_dtype` numbers, one per epoch; float32 NaN = missing. Same results "
+        "as `values` for integer counts; faster to send and parse (docs/performance.md).",
+        min_length=4,
+        max_length=4 * ((4 * MAX_VALUES + 2) // 3),
+    )
+    values_dtype: ValuesDtype = Field("float32", description="Number type of `values_b64`.")
+    # ---- end compact values ----
     unit: Unit = Field(
         "counts",
         description="`counts` (ActiGraph-style activity counts; required for the cut-point and sleep "
@@ -80,6 +102,22 @@ class Recording(_Strict):
         pattern=SUBJECT_PATTERN,
     )
     device: DeviceInfo | None = Field(None, description="The wearable, when known (FHIR `Device`).")
+    _array: np.ndarray = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _one_values_form(self) -> Recording:
+        if (self.values is None) == (self.values_b64 is None):
+            raise ValueError("give exactly one of `values` and `values_b64`")
+        if self.values_b64 is not None:
+            self._array = decode_values(self.values_b64, self.values_dtype, max_values=MAX_VALUES)
+        return self
+
+    def values_array(self) -> np.ndarray:
+        """The values as float64, NaN for missing, whichever form they came in."""
+        if self.values_b64 is not None:
+            return self._array
+        # numpy reads None as NaN for a float dtype, in C rather than a Python loop.
+        return np.array(self.values, dtype=np.float64)
 
     @field_validator("timezone")
     @classmethod
