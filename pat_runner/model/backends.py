@@ -219,7 +219,9 @@ def bf16_supported(device: str) -> bool:
     """Native bf16 arithmetic: a CUDA GPU that has it, or a CPU with AVX512-BF16 or AMX (oneDNN)."""
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    # A private oneDNN probe; a torch build without it is treated as having no native bf16.
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
 
 
 def ort_available() -> bool:
