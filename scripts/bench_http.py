@@ -128,6 +128,8 @@ def bench_model(h5: Path | None, backend: str, args: argparse.Namespace) -> dict
             "PAT_BACKEND": backend,
             **cache_key_env(),
         },
+        # `auto` benchmarks every backend before the model service is ready.
+        timeout_s=600,
     )
     cold_start = time.perf_counter() - started
     try:

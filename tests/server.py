@@ -104,6 +104,8 @@ def start_server(
         "PAT_LOG_LEVEL": "DEBUG",
         "PAT_RUNNER_WORKERS": "1",
         "PAT_API_WORKERS": "1",
+        # Start-up benchmarks would slow every test server; the session server below runs `auto`.
+        "PAT_BACKEND": "torch",
         **extra_env,
     }
     log = log_path.open("wb")
@@ -162,6 +164,8 @@ def pat_server(
             "PAT_REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_TEST_DB}",
             "PAT_MAX_BATCH_SIZE": "8",
             "PAT_MAX_LATENCY_MS": "20000",
+            "PAT_BACKEND": "auto",
+            "PAT_BACKEND_BENCH_SECONDS": "0.2",
             **cache_key_env(),
         },
     )
