@@ -199,3 +199,13 @@ def test_gate_failure_stops_an_explicit_backend(models: dict[str, PAT], tmp_path
         model.head.output.bias.copy_(-(hidden @ model.head.output.weight.T).mean(0))
     with pytest.raises(AccuracyGateFailed, match="accuracy gate"):
         select_backend(model, "torch-bf16", "cpu", cache_dir=tmp_path, threads=1, bench_seconds=0.05)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only answer of the GPU paths")
+def test_gpu_backends_are_refused_without_a_gpu(models: dict[str, PAT], tmp_path: Path) -> None:
+    """Without CUDA (and without onnxruntime-gpu) only the fp32 reference is a candidate on `cuda`,
+    and the GPU execution providers are refused with the reason instead of silently running on CPU."""
+    assert candidates("cuda") == ["torch"]
+    for name in ("onnxruntime", "tensorrt", "torch-bf16"):
+        with pytest.raises(BackendUnavailable):
+            build_backend(name, models["S"], "cuda", cache_dir=tmp_path, threads=1)
