@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 FIREBASE_DIR := tests/firebase
 
-.PHONY: install install-test node-deps redis serve test test-browser chromium lint bench
+.PHONY: install install-test node-deps redis serve test test-browser chromium lint bench bench-model gpu-check
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,3 +63,11 @@ test-browser: install-test chromium
 
 bench: install
 	$(PY) scripts/bench_encode.py
+
+# every inference backend here: weeks/s, latency, RSS, fraction of matmul peak (docs/performance.md)
+bench-model: install
+	$(PY) scripts/bench_model.py --json bench_model.json
+
+# parity + throughput of every GPU backend (needs a CUDA torch and onnxruntime-gpu)
+gpu-check:
+	scripts/gpu_check.sh $(PY)

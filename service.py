@@ -63,6 +63,7 @@ from pat_runner.settings import get_settings
 
 DEFAULT_ANALYZE = AnalyzeOptions()
 DEFAULT_EMBED = EmbedOptions()
+MODEL_INFO_TIMEOUT_S = 5.0
 settings = get_settings()
 configure_logging(settings.log_level)
 downgrade_client_error_logs()
@@ -122,7 +123,6 @@ class PATService:
             settings=settings,
             infer_attention=self._infer_attention,
         )
-        telemetry.record_model_info(self.model_info)
 
     async def _infer(self, windows: np.ndarray) -> np.ndarray:
         # The dependency's client gets its endpoints only after __init__, at server start-up.
@@ -312,7 +312,15 @@ def _audit(ctx: bentoml.Context, facts: InputFacts) -> None:
 
 async def _get_models(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
-    return JSONResponse(ModelsResponse(models=[service.model_info.to_dict()]).model_dump(mode="json"))
+    info = service.model_info.to_dict()
+    # The backend is chosen in the model service at its start-up; ask it, but never hang on it.
+    try:
+        runtime = await asyncio.wait_for(service.model_service.to_async.info(), MODEL_INFO_TIMEOUT_S)
+    except Exception:
+        info.update(backend=None, backend_selection=None)
+    else:
+        info.update({key: runtime[key] for key in ("device", "backend", "backend_selection")})
+    return JSONResponse(ModelsResponse(models=[info]).model_dump(mode="json"))
 
 
 models_app.router.routes.append(Route(routes.MODELS, _get_models, methods=["GET"]))

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     api_workers: int = Field(1, ge=1)
     # 0: torch's default
     torch_threads: int = Field(0, ge=0)
+    # inference backend (pat_runner/model/backends.py); auto: the fastest that passes the accuracy gate
+    backend: Literal["auto", "torch", "torch-bf16", "onnxruntime", "tensorrt"] = Field("auto")
+    # time per backend of auto's start-up benchmark
+    backend_bench_seconds: float = Field(1.0, gt=0, le=60)
+    # where ONNX exports (and TensorRT engines) are cached; empty: next to the stored model when
+    # writable, else a per-user temporary folder
+    onnx_cache_dir: str = Field("")
 
     # preprocessing limits
     window_stride_minutes: int = Field(WEEK_MINUTES, ge=1)

@@ -170,8 +170,8 @@ def metrics() -> _Metrics:
         ),
         model_info=Gauge(
             "pat_model_info",
-            "The served PAT model (value 1); labels tag, size and demo.",
-            ["tag", "size", "demo"],
+            "The served PAT model (value 1); labels tag, size, demo, inference backend and device.",
+            ["tag", "size", "demo", "backend", "device"],
             multiprocess_mode="livemax",
         ),
     )
@@ -203,8 +203,10 @@ def record_inference(batch_size: int, seconds: float) -> None:
     m.inference_latency.observe(seconds)
 
 
-def record_model_info(model: ModelInfo) -> None:
-    metrics().model_info.labels(tag=model.tag, size=model.size, demo=str(model.demo).lower()).set(1)
+def record_model_info(model: ModelInfo, *, backend: str, device: str) -> None:
+    metrics().model_info.labels(
+        tag=model.tag, size=model.size, demo=str(model.demo).lower(), backend=backend, device=device
+    ).set(1)
 
 
 @dataclass

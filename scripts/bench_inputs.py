@@ -29,11 +29,10 @@ START = datetime(2024, 3, 4, 0, 0)
 
 
 def write(fmt: str, directory: Path, rate: int) -> Path:
-    from tests.payloads import week_counts
-
-    from tests import data_files
-    from tests.gt3x_files import gt3x_bytes, walking
-    from tests.mesa_files import mesa_csv_bytes
+    from pat_runner.actigraphy.synthetic import week_counts
+    from scripts.device_files import export_files as data_files
+    from scripts.device_files.gt3x_files import gt3x_bytes, walking
+    from scripts.device_files.mesa_files import mesa_csv_bytes
 
     counts = week_counts(1)
     if fmt == "gt3x":

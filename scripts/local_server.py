@@ -101,6 +101,8 @@ def start_server(
         "PAT_LOG_LEVEL": "DEBUG",
         "PAT_RUNNER_WORKERS": "1",
         "PAT_API_WORKERS": "1",
+        # Start-up benchmarks would slow every test server; callers that want `auto` say so.
+        "PAT_BACKEND": "torch",
         **extra_env,
     }
     log = log_path.open("wb")

@@ -39,6 +39,8 @@ def pat_server(
             "PAT_REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_TEST_DB}",
             "PAT_MAX_BATCH_SIZE": "8",
             "PAT_MAX_LATENCY_MS": "20000",
+            "PAT_BACKEND": "auto",
+            "PAT_BACKEND_BENCH_SECONDS": "0.2",
             **cache_key_env(),
         },
     )

@@ -9,9 +9,10 @@ import torch
 
 from pat_runner.cache.cache import ResultCache
 from pat_runner.model import WEEK_MINUTES
+from pat_runner.model.backends import TorchBackend
 from pat_runner.model.store import StoredPAT
 from pat_runner.serving.pipeline import Analyzer, minute_attention, to_raw
-from pat_runner.serving.runner import run_model
+from pat_runner.serving.runner import run_attention, run_model
 from pat_runner.serving.schemas import AnalyzeOptions
 from tests.factories import recording
 from tests.test_pipeline import SETTINGS, as_recording, stored  # noqa: F401  (fixture)
@@ -23,8 +24,8 @@ def windows(n: int, seed: int = 0) -> np.ndarray:
 
 def test_attention_path_gives_the_fast_paths_embeddings(stored: StoredPAT) -> None:  # noqa: F811
     x = windows(3)
-    fast = run_model(stored, x, "cpu")
-    explicit = run_model(stored, x, "cpu", attention=True)
+    fast = run_model(TorchBackend(stored.model, "cpu"), x)
+    explicit = run_attention(stored, x, "cpu")
     assert "attention" not in fast.dtype.names
     np.testing.assert_allclose(explicit["patches"], fast["patches"], atol=2e-5, rtol=0)
     received = explicit["attention"]
@@ -38,9 +39,7 @@ def test_received_attention_is_the_column_mean_of_the_head_averaged_map(stored: 
     with torch.inference_mode():
         _, weights = stored.model.encode(torch.from_numpy(x), return_attention=True)
     expected = weights[0].mean(dim=0).numpy()
-    np.testing.assert_allclose(
-        run_model(stored, x, "cpu", attention=True)["attention"][0], expected, atol=1e-6
-    )
+    np.testing.assert_allclose(run_attention(stored, x, "cpu")["attention"][0], expected, atol=1e-6)
 
 
 def test_minute_attention_spreads_each_patch_over_its_minutes() -> None:
@@ -57,11 +56,11 @@ async def test_analyzer_batches_attention_windows_and_keeps_embeddings(stored: S
 
     async def infer(x: np.ndarray) -> np.ndarray:
         calls["fast"].append(len(x))
-        return run_model(stored, x, "cpu")
+        return run_model(TorchBackend(stored.model, "cpu"), x)
 
     async def infer_attention(x: np.ndarray) -> np.ndarray:
         calls["attention"].append(len(x))
-        return run_model(stored, x, "cpu", attention=True)
+        return run_attention(stored, x, "cpu")
 
     analyzer = Analyzer(
         model=stored.info,

@@ -15,7 +15,7 @@ from pygt3x.reader import FileReader
 
 from pat_runner.actigraphy.gt3x import decode_gt3x, read_gt3x
 from pat_runner.errors import InvalidInput
-from tests.gt3x_files import gt3x_bytes, record, walking
+from scripts.device_files.gt3x_files import gt3x_bytes, record, walking
 
 RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "raw"
 LIMITS = {"max_minutes": 80_640, "max_samples": 10**9}

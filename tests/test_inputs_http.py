@@ -14,9 +14,9 @@ import pytest
 
 from pat_runner.actigraphy.fhir_in import FHIR_EXAMPLE
 from pat_runner.actigraphy.synthetic import week_counts
+from scripts.device_files.gt3x_files import days_of_bouts, gt3x_bytes
+from scripts.device_files.mesa_files import mesa_csv_bytes
 from tests.factories import recording
-from tests.gt3x_files import days_of_bouts, gt3x_bytes
-from tests.mesa_files import mesa_csv_bytes
 
 pytestmark = pytest.mark.integration
 

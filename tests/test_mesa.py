@@ -9,7 +9,7 @@ import pytest
 
 from pat_runner.actigraphy.mesa import looks_like_mesa, read_mesa_csv
 from pat_runner.errors import InvalidInput
-from tests.mesa_files import HEADER, mesa_csv_bytes
+from scripts.device_files.mesa_files import HEADER, mesa_csv_bytes
 
 START = datetime(2010, 3, 4, 20, 30, 0)
 MAX_MINUTES = 80_640

@@ -25,7 +25,7 @@ from pat_runner.actigraphy.wear import NONWEAR_ALGORITHMS, choi_nonwear, nonwear
 from pat_runner.errors import InvalidInput
 from pat_runner.serving.schemas import Recording
 from pat_runner.settings import MAX_RECORDING_MINUTES_CAP, Settings
-from tests.data_files import SHARED_DATA, agd_bytes
+from scripts.device_files.export_files import SHARED_DATA, agd_bytes
 
 SETTINGS = Settings().replace(redis_url="", cache_keys="", cache_hmac_key="")
 DAY = 1440

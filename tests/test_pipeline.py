@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import ModelUnavailable
+from pat_runner.model.backends import TorchBackend
 from pat_runner.model.store import StoredPAT, demo_pat
 from pat_runner.serving.audit import AuditMiddleware
 from pat_runner.serving.auth import FirebaseAuthMiddleware
@@ -47,7 +48,7 @@ def make_analyzer(stored: StoredPAT, *, fail: bool = False) -> tuple[Analyzer, l
         if fail:
             raise ConnectionError("model service down")
         batches.append(len(windows))
-        return run_model(stored, windows, "cpu")
+        return run_model(TorchBackend(stored.model, "cpu"), windows)
 
     return Analyzer(
         model=stored.info,
@@ -70,7 +71,9 @@ async def test_analysis_then_cache_hit(stored: StoredPAT) -> None:
     second = (await analyzer.analyze(to_raw(rec), AnalyzeOptions(), request_id="r2")).response
     assert second.cache == "hit" and batches == [3]
     assert second.pat == first.pat and second.metrics == first.metrics
-    embedding = run_model(stored, analyzer_windows(analyzer, rec), "cpu")["patches"][0].mean(axis=0)
+    embedding = run_model(TorchBackend(stored.model, "cpu"), analyzer_windows(analyzer, rec))["patches"][
+        0
+    ].mean(axis=0)
     np.testing.assert_allclose(first.pat.windows[0].embedding, embedding, atol=1e-6)
 
 

@@ -11,7 +11,13 @@ import pytest
 from pat_runner.actigraphy.preprocess import SUPPORTED_EPOCH_SECONDS, RawRecording, preprocess
 from pat_runner.actigraphy.readers import read_recording_file
 from pat_runner.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from tests.data_files import SHARED_DATA, actilife_csv_bytes, agd_bytes, awd_bytes, tidy_csv_bytes
+from scripts.device_files.export_files import (
+    SHARED_DATA,
+    actilife_csv_bytes,
+    agd_bytes,
+    awd_bytes,
+    tidy_csv_bytes,
+)
 from tests.factories import make_settings
 
 NEW_YORK = "America/New_York"

@@ -193,6 +193,20 @@ def test_models(pat_server, token) -> None:
     assert got.status_code == 200, got.text
     (model,) = got.json()["models"]
     assert model["demo"] is True and model["tag"].startswith("pat-demo:") and model["size"] == "S"
+    # PAT_BACKEND defaults to auto: the model service measured every backend available here and
+    # serves the fastest one that passed the accuracy gate against fp32 torch.
+    selection = model["backend_selection"]
+    assert selection["requested"] == "auto" and model["backend"] == selection["backend"]
+    assert "torch" in selection["measurements"]
+    assert selection["measurements"][model["backend"]]["passed_gate"] is True
+    body = {"recording": recording(11), "options": {"outputs": ["pat"]}}
+    responses = [post(pat_server, "/v1/analyze", token, json=body).json() for _ in range(2)]
+    assert [r["cache"] for r in responses] == ["miss", "hit"]
+    assert [r["model"]["backend"] for r in responses] == [model["backend"]] * 2
+    metrics_only = {"recording": recording(12), "options": {"outputs": ["metrics"]}}
+    assert post(pat_server, "/v1/analyze", token, json=metrics_only).json()["model"]["backend"] is None
+    info = [line for line in pat_server.metrics(token).splitlines() if line.startswith("pat_model_info{")]
+    assert len(info) == 1 and f'backend="{model["backend"]}"' in info[0], info
 
 
 def test_cache_invalidate_admin(pat_server, tokens) -> None:

@@ -67,12 +67,21 @@ def test_metrics_are_recorded_and_exposed() -> None:
     telemetry.record_cache_error("get")
     telemetry.record_circuit_state("open")
     telemetry.record_inference(batch_size=4, seconds=0.8)
-    telemetry.record_model_info(model_info(tag="pat-m:20250101", size="M", demo=False))
+    telemetry.record_model_info(
+        model_info(tag="pat-m:20250101", size="M", demo=False), backend="onnxruntime", device="cpu"
+    )
 
     assert sample("pat_requests_total", {"endpoint": "/v1/analyze", "status": "200"}) == requests_before + 1
     assert sample("pat_request_duration_seconds_bucket", {"endpoint": "/v1/analyze", "le": "0.25"}) >= 1
     assert sample("pat_cache_circuit_state") == 2
-    assert sample("pat_model_info", {"tag": "pat-m:20250101", "size": "M", "demo": "false"}) == 1
+    labels = {
+        "tag": "pat-m:20250101",
+        "size": "M",
+        "demo": "false",
+        "backend": "onnxruntime",
+        "device": "cpu",
+    }
+    assert sample("pat_model_info", labels) == 1
     assert sample("pat_inference_batch_size_bucket", {"le": "4.0"}) >= 1
     exposition = generate_latest(REGISTRY).decode()
     for name in (

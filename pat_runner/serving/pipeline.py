@@ -128,7 +128,7 @@ def to_raw(recording: Recording) -> RawRecording:
         start=recording.start,
         timezone=recording.timezone,
         epoch_seconds=recording.epoch_seconds,
-        values=np.array([np.nan if v is None else v for v in recording.values], dtype=np.float64),
+        values=recording.values_array(),
         unit=recording.unit,
         subject=recording.subject,
         device=recording.device.model_dump() if recording.device else None,
@@ -176,7 +176,10 @@ class Analyzer:
         facts = InputFacts(input_sha256=input_digest(pre), minutes=len(pre.minutes), model_tag=self.model.tag)
         return pre, facts
 
-    async def run_pat(self, pre: Preprocessed, *, per_patch: bool, attention: bool = False) -> PatOutput:
+    async def run_pat(
+        self, pre: Preprocessed, *, per_patch: bool, attention: bool = False
+    ) -> tuple[PatOutput, str | None]:
+        """PAT outputs per window and the name of the backend that computed them."""
         infer = self.infer
         if attention:
             if self.infer_attention is None:
@@ -210,7 +213,8 @@ class Analyzer:
                     attention=minute_attention(records["attention"][i]) if attention else [],
                 )
             )
-        return PatOutput(standardization=pre.quality.standardization, windows=windows)
+        backend = records["backend"][0].decode() if len(records) else None
+        return PatOutput(standardization=pre.quality.standardization, windows=windows), backend
 
     async def _compute(self, pre: Preprocessed, raw: RawRecording, plan: Plan) -> ComputedResult:
         metrics = None
@@ -226,8 +230,12 @@ class Analyzer:
                         min_night_coverage=self.settings.min_night_coverage,
                     )
                 )
-        pat = await self.run_pat(pre, per_patch=False, attention=plan.attention) if plan.pat else None
-        return ComputedResult(quality=pre.quality, metrics=metrics, pat=pat, warnings=list(pre.warnings))
+        pat, backend = (
+            await self.run_pat(pre, per_patch=False, attention=plan.attention) if plan.pat else (None, None)
+        )
+        return ComputedResult(
+            quality=pre.quality, metrics=metrics, pat=pat, warnings=list(pre.warnings), backend=backend
+        )
 
     async def analyze(self, raw: RawRecording, options: AnalyzeOptions, *, request_id: str) -> Analysis:
         """Analyse one recording (from JSON via `to_raw`, or straight from a device-file reader)."""
@@ -247,7 +255,7 @@ class Analyzer:
             )
         response = AnalyzeResponse(
             request_id=request_id,
-            model=self.summary,
+            model=self.summary.model_copy(update={"backend": computed.backend}),
             quality=computed.quality,
             metrics=computed.metrics if plan.return_metrics else None,
             pat=computed.pat if plan.return_pat else None,
@@ -281,11 +289,15 @@ class Analyzer:
 
     async def embed(self, raw: RawRecording, *, per_patch: bool, request_id: str) -> Embedding:
         pre, facts = await self.preprocess(raw)
-        pat = await self.run_pat(pre, per_patch=per_patch)
+        pat, backend = await self.run_pat(pre, per_patch=per_patch)
         warnings = list(pre.warnings)
         if self.model.demo:
             warnings.append(DEMO_EMBED_WARNING)
         response = EmbedResponse(
-            request_id=request_id, model=self.summary, quality=pre.quality, pat=pat, warnings=warnings
+            request_id=request_id,
+            model=self.summary.model_copy(update={"backend": backend}),
+            quality=pre.quality,
+            pat=pat,
+            warnings=warnings,
         )
         return Embedding(response=response, facts=facts)

@@ -3,12 +3,14 @@
 `PATModel.infer` is batchable: BentoML gathers concurrent calls (up to `PAT_MAX_BATCH_SIZE` week windows
 or `PAT_MAX_LATENCY_MS`), stacks their `(n, T)` arrays along axis 0, runs one forward pass and splits
 the result again. Its output is a NumPy structured array, one record per window, so embeddings and the
-head's probability travel together through the batching machinery.
+head's probability travel together through the batching machinery, with the name of the backend that
+computed them (`PAT_BACKEND`, chosen at start-up by `pat_runner.model.backends.select_backend`).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -16,7 +18,8 @@ import numpy as np
 import torch
 
 from pat_runner import telemetry
-from pat_runner.model.store import StoredPAT, load_stored_pat
+from pat_runner.model.backends import Backend, default_cache_dir, select_backend
+from pat_runner.model.store import StoredPAT, load_stored_pat, resolve_model
 from pat_runner.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -33,35 +36,44 @@ def pick_device(requested: str) -> str:
 
 
 def output_dtype(num_patches: int, embed_dim: int, *, attention: bool = False) -> np.dtype:
-    """One record per week window: per-patch embeddings and the head's probability (NaN without head);
-    with `attention`, also the last layer's head-averaged attention each patch receives."""
-    fields = [("patches", np.float32, (num_patches, embed_dim)), ("probability", np.float32)]
+    """One record per week window: per-patch embeddings, the head's probability (NaN without head) and
+    the backend that computed them; with `attention`, also the last layer's head-averaged attention
+    each patch receives."""
+    fields = [
+        ("patches", np.float32, (num_patches, embed_dim)),
+        ("probability", np.float32),
+        ("backend", "S16"),
+    ]
     if attention:
         fields.append(("attention", np.float32, (num_patches,)))
     return np.dtype(fields)
 
 
-def run_model(stored: StoredPAT, windows: np.ndarray, device: str, *, attention: bool = False) -> np.ndarray:
-    """Encode `(n, T)` standardized windows; the pure function behind the BentoML API, tested directly.
+def run_model(backend: Backend, windows: np.ndarray) -> np.ndarray:
+    """Encode `(n, T)` standardized windows with `backend`; the pure function behind the BentoML API,
+    tested directly."""
+    patches, probability = backend.run(windows)
+    out = np.empty(len(windows), dtype=output_dtype(patches.shape[1], patches.shape[2]))
+    out["patches"] = patches
+    out["probability"] = probability if probability is not None else np.nan
+    out["backend"] = backend.name
+    return out
 
-    With `attention` the last block computes its weights explicitly instead of the fused kernel; the
-    attention a patch receives is the mean over query patches of the head-averaged weights (sums to 1).
-    """
+
+def run_attention(stored: StoredPAT, windows: np.ndarray, device: str) -> np.ndarray:
+    """As `run_model`, on the fp32 reference path, with the attention each patch receives: the last block
+    computes its weights explicitly (not the fused kernel); their mean over query patches of the
+    head-averaged map sums to 1. Attention is an explanation, so it never comes from a fast path."""
     model = stored.model
     x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(device)
-    received = None
     with torch.inference_mode():
-        if attention:
-            patches, weights = model.encode(x, return_attention=True)
-            received = weights.mean(dim=1)
-        else:
-            patches = model.encode(x)
+        patches, weights = model.encode(x, return_attention=True)
         probability = model.head_proba(patches) if model.config.has_head else None
-    out = np.empty(len(windows), dtype=output_dtype(patches.shape[1], patches.shape[2], attention=attention))
+    out = np.empty(len(windows), dtype=output_dtype(patches.shape[1], patches.shape[2], attention=True))
     out["patches"] = patches.float().cpu().numpy()
     out["probability"] = probability[:, 0].float().cpu().numpy() if probability is not None else np.nan
-    if received is not None:
-        out["attention"] = received.float().cpu().numpy()
+    out["backend"] = "torch"
+    out["attention"] = weights.mean(dim=1).float().cpu().numpy()
     return out
 
 
@@ -84,9 +96,28 @@ class PATModel:
             torch.set_num_threads(settings.torch_threads)
         self.device = pick_device(settings.device)
         self.stored = load_stored_pat(self.model_ref, device=self.device)
+        cache_dir = (
+            Path(settings.onnx_cache_dir)
+            if settings.onnx_cache_dir
+            else default_cache_dir(resolve_model(self.model_ref).path)
+        )
+        self.backend, self.choice = select_backend(
+            self.stored.model,
+            settings.backend,
+            self.device,
+            cache_dir=cache_dir,
+            threads=settings.torch_threads or torch.get_num_threads(),
+            bench_seconds=settings.backend_bench_seconds,
+        )
+        telemetry.record_model_info(self.stored.info, backend=self.choice.backend, device=self.device)
         logger.info(
             "PAT model loaded",
-            extra={"model_tag": self.stored.tag, "device": self.device, "size": self.stored.info.size},
+            extra={
+                "model_tag": self.stored.tag,
+                "device": self.device,
+                "size": self.stored.info.size,
+                "backend": self.choice.backend,
+            },
         )
 
     @bentoml.api(
@@ -97,7 +128,7 @@ class PATModel:
     def infer(self, windows: np.ndarray) -> np.ndarray:
         """`(n, T)` float32 standardized week windows → structured records (see `output_dtype`)."""
         with telemetry.timer() as elapsed:
-            records = run_model(self.stored, windows, self.device)
+            records = run_model(self.backend, windows)
         telemetry.record_inference(len(windows), elapsed.seconds)
         return records
 
@@ -109,11 +140,17 @@ class PATModel:
     def infer_attention(self, windows: np.ndarray) -> np.ndarray:
         """As `infer`, with the `attention` field (`options.outputs` with `"attention"`)."""
         with telemetry.timer() as elapsed:
-            records = run_model(self.stored, windows, self.device, attention=True)
+            records = run_attention(self.stored, windows, self.device)
         telemetry.record_inference(len(windows), elapsed.seconds)
         return records
 
     @bentoml.api
     def info(self) -> dict[str, Any]:
-        """Metadata of the loaded model (tag, size, layout, source SHA-256, head task, demo flag, …)."""
-        return {**self.stored.info.to_dict(), "device": self.device}
+        """Metadata of the loaded model (tag, size, layout, source SHA-256, head task, demo flag, …), the
+        served backend and the start-up measurements behind its choice."""
+        return {
+            **self.stored.info.to_dict(),
+            "device": self.device,
+            "backend": self.choice.backend,
+            "backend_selection": self.choice.to_dict(),
+        }

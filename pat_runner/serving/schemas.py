@@ -11,13 +11,23 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import available_timezones
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+import numpy as np
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from pat_runner.actigraphy.metrics import ActigraphyMetrics
 from pat_runner.actigraphy.preprocess import QualityReport
 from pat_runner.actigraphy.sleep import SleepPeriodAlgorithm
 from pat_runner.actigraphy.wear import NonwearAlgorithm
 from pat_runner.model.info import ModelInfo
+from pat_runner.serving.compact import ValuesDtype, decode_values
 from pat_runner.settings import MAX_RECORDING_MINUTES_CAP
 
 Output = Literal["metrics", "pat", "fhir", "attention"]
@@ -83,11 +93,23 @@ class Recording(_Strict):
         ge=1,
         le=60,
     )
-    values: list[float | None] = Field(
-        description="Activity per epoch; `null` = missing or off-wrist.",
+    values: list[float | None] | None = Field(
+        None,
+        description="Activity per epoch; `null` = missing or off-wrist. Give this or `values_b64`.",
         max_length=MAX_VALUES,
         min_length=1,
     )
+    # ---- compact values (pat_runner/serving/compact.py) ----
+    values_b64: str | None = Field(
+        None,
+        description="The values in compact form instead of `values`: base64 (standard alphabet, padded) "
+        "of little-endian `values_dtype` numbers, one per epoch; float32 NaN = missing. Same results "
+        "as `values` for integer counts; faster to send and parse (docs/performance.md).",
+        min_length=4,
+        max_length=4 * ((4 * MAX_VALUES + 2) // 3),
+    )
+    values_dtype: ValuesDtype = Field("float32", description="Number type of `values_b64`.")
+    # ---- end compact values ----
     unit: Unit = Field(
         "counts",
         description="`counts` (ActiGraph-style activity counts; required for the cut-point and sleep "
@@ -99,6 +121,22 @@ class Recording(_Strict):
         pattern=SUBJECT_PATTERN,
     )
     device: DeviceInfo | None = Field(None, description="The wearable, when known (FHIR `Device`).")
+    _array: np.ndarray = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _one_values_form(self) -> Recording:
+        if (self.values is None) == (self.values_b64 is None):
+            raise ValueError("give exactly one of `values` and `values_b64`")
+        if self.values_b64 is not None:
+            self._array = decode_values(self.values_b64, self.values_dtype, max_values=MAX_VALUES)
+        return self
+
+    def values_array(self) -> np.ndarray:
+        """The values as float64, NaN for missing, whichever form they came in."""
+        if self.values_b64 is not None:
+            return self._array
+        # numpy reads None as NaN for a float dtype, in C rather than a Python loop.
+        return np.array(self.values, dtype=np.float64)
 
     @field_validator("timezone")
     @classmethod
@@ -109,12 +147,13 @@ class Recording(_Strict):
 
     @model_validator(mode="after")
     def _length_in_minutes(self) -> Recording:
-        # `values` alone caps at 1-s epochs; longer epochs allow proportionally fewer values.
+        # The schema caps at 1-s epochs; longer epochs allow proportionally fewer values.
         per_minute = max(60 // self.epoch_seconds, 1)
         limit = MAX_RECORDING_MINUTES_CAP * per_minute
-        if len(self.values) > limit:
+        count = len(self.values) if self.values is not None else len(self._array)
+        if count > limit:
             raise ValueError(
-                f"values: {len(self.values):,} epochs of {self.epoch_seconds} s are more than "
+                f"values: {count:,} epochs of {self.epoch_seconds} s are more than "
                 f"{MAX_RECORDING_MINUTES_CAP:,} minutes ({limit:,} values)"
             )
         return self
@@ -151,6 +190,11 @@ class ModelSummary(BaseModel):
     size: str = Field(description="PAT size: S, M or L.")
     demo: bool = Field(description="True for the randomly initialised demo model: outputs mean nothing.")
     head_task: str | None = Field(None, description="Task of the fine-tuned classification head, if any.")
+    backend: str | None = Field(
+        None,
+        description="Inference backend that computed the PAT outputs (`torch`, `torch-bf16`, `onnxruntime`, "
+        "`tensorrt`); null when the response holds no model output.",
+    )
 
     @classmethod
     def of(cls, info: ModelInfo) -> ModelSummary:
@@ -211,6 +255,7 @@ class ComputedResult(BaseModel):
     metrics: ActigraphyMetrics | None = None
     pat: PatOutput | None = None
     warnings: list[str] = Field(default_factory=list)
+    backend: str | None = Field(None, description="The model backend that computed `pat`, if any.")
 
 
 class ErrorDetail(BaseModel):

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 DOTNET_EPOCH = datetime(1, 1, 1)
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "actigraphy"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "actigraphy"
 
 
 def ticks(moment: datetime) -> int:

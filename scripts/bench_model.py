@@ -1,0 +1,186 @@
+"""In-process PAT throughput per size × batch × backend, as a fraction of this machine's matmul peak.
+
+    python scripts/bench_model.py [--sizes S M L] [--batches 1 8 32] [--backends torch onnxruntime ...]
+                                  [--seconds 2] [--threads 0] [--device cpu|cuda] [--json out.json]
+
+Each (size, backend) runs in a fresh child process, so its peak RSS is its own. The weights are the
+shared reference fixtures (`../shared/fixtures/pat_reference`, the original Keras layout) when present,
+else seeded random ones; throughput does not depend on the values. Before timing, every backend is
+checked against fp32 torch with the service's accuracy gate (the `gate` column). The matmul peak is
+measured in the same run (square fp32 and bf16 matmuls), and each row's achieved FLOP rate (analytic
+FLOPs of one PAT forward pass) is shown as a fraction of the peak of its precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pat_runner.model import WEEK_MINUTES  # noqa: E402
+from pat_runner.model.backends import (  # noqa: E402
+    TorchBackend,
+    accuracy_gate,
+    build_backend,
+    calibration_windows,
+    candidates,
+)
+from pat_runner.model.model import PAT, PATConfig  # noqa: E402
+
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "pat_reference"
+
+
+def forward_flops(config: PATConfig) -> float:
+    """Multiply-adds × 2 of one week through the encoder (the head is negligible)."""
+    patches = WEEK_MINUTES // config.patch_size
+    inner = config.num_heads * config.key_dim
+    embed = 2 * patches * config.patch_size * config.embed_dim
+    per_block = (
+        2 * patches * config.embed_dim * inner * 3  # query, key, value
+        + 2 * 2 * config.num_heads * patches * patches * config.key_dim  # scores and context
+        + 2 * patches * inner * config.embed_dim  # output projection
+        + 2 * 2 * patches * config.embed_dim * config.ff_dim  # feed-forward
+    )
+    return embed + config.num_layers * per_block
+
+
+def matmul_peak(dtype: torch.dtype, device: str, seconds: float = 1.0, n: int = 2048) -> float:
+    """Sustained FLOP/s of square `n`×`n` matmuls in `dtype` on `device`."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    calls, started = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - started < seconds:
+        a @ b
+        calls += 1
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * n**3 * calls / (time.perf_counter() - started)
+
+
+def load_model(size: str, device: str) -> PAT:
+    path = FIXTURES / f"PAT-{size}_random_seed0.h5"
+    if path.is_file():
+        from pat_runner import load_pat
+
+        return load_pat(path).to(device).eval()
+    torch.manual_seed(0)
+    return PAT(PATConfig.for_size(size)).to(device).eval()
+
+
+def worker(size: str, backend_name: str, batches: list[int], seconds: float, device: str) -> dict[str, Any]:
+    """Gate and time one backend on one size (runs in its own process)."""
+    model = load_model(size, device)
+    cache = Path(tempfile.gettempdir()) / "pat-bench-onnx"
+    threads = torch.get_num_threads()
+    backend = build_backend(backend_name, model, device, cache_dir=cache, threads=threads)
+    windows = calibration_windows()
+    gate = accuracy_gate(TorchBackend(model, device).run(windows), backend.run(windows))
+    rows = []
+    for batch in batches:
+        weeks = np.repeat(windows[:1], batch, axis=0)
+        backend.run(weeks)
+        durations: list[float] = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(durations) < 3:
+            start = time.perf_counter()
+            backend.run(weeks)
+            durations.append(time.perf_counter() - start)
+        rows.append(
+            {
+                "batch": batch,
+                "weeks_per_s": batch * len(durations) / sum(durations),
+                "latency_ms_p50": 1000 * statistics.median(durations),
+            }
+        )
+    return {
+        "size": size,
+        "backend": backend_name,
+        "threads": threads,
+        "gate_min_cosine": gate.min_cosine,
+        "gate_passed": gate.passed,
+        "flops_per_week": forward_flops(model.config),
+        # ru_maxrss is in KiB on Linux
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["S", "M", "L"], choices=["S", "M", "L"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--backends", nargs="+", default=None, help="default: every one available here")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per size, backend, batch")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch default)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--worker", nargs=2, metavar=("SIZE", "BACKEND"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        result = worker(*args.worker, args.batches, args.seconds, args.device)
+        print(json.dumps(result))
+        return
+
+    backends = args.backends or candidates(args.device)
+    peak = {
+        "fp32": matmul_peak(torch.float32, args.device),
+        "bf16": matmul_peak(torch.bfloat16, args.device),
+    }
+    print(
+        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads; matmul peak "
+        f"fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s"
+    )
+    print(
+        f"{'size':<6}{'backend':<13}{'batch':>6}{'weeks/s':>10}{'p50 ms':>10}{'of peak':>9}"
+        f"{'RSS MiB':>9}{'gate':>6}"
+    )
+    results = []
+    for size in args.sizes:
+        for name in backends:
+            command = [sys.executable, __file__, "--worker", size, name, "--device", args.device]
+            command += ["--seconds", str(args.seconds), "--threads", str(args.threads), "--batches"]
+            command += [str(b) for b in args.batches]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"PAT-{size:<2}{name:<13} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+                continue
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            reference_peak = peak["bf16"] if name in ("torch-bf16", "tensorrt") else peak["fp32"]
+            for row in result["rows"]:
+                row["fraction_of_peak"] = row["weeks_per_s"] * result["flops_per_week"] / reference_peak
+                print(
+                    f"PAT-{size:<2}{name:<13}{row['batch']:>6}{row['weeks_per_s']:>10.1f}"
+                    f"{row['latency_ms_p50']:>10.1f}{row['fraction_of_peak']:>9.2f}"
+                    f"{result['peak_rss_mib']:>9.0f}{'ok' if result['gate_passed'] else 'FAIL':>6}",
+                    flush=True,
+                )
+            results.append(result)
+    if args.json:
+        payload = {
+            "torch": torch.__version__,
+            "device": args.device,
+            "matmul_peak_flops": peak,
+            "runs": results,
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()
