@@ -49,6 +49,7 @@ lint: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(PY) scripts/k8s_validate.py
 
 test: install-test node-deps redis lint
 	$(VENV)/bin/pytest -q
