@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 FIREBASE_DIR := tests/firebase
 
-.PHONY: install install-test node-deps redis serve test lint bench
+.PHONY: install install-test node-deps redis serve test lint bench test-container test-batch
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,7 +52,19 @@ lint: install-test
 	$(PY) scripts/k8s_validate.py
 
 test: install-test node-deps redis lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not ray"
+
+# Builds the Bento into an image with podman and runs it (scripts/container_check.sh; ~10 min here).
+test-container: install
+	PY=$(PY) bash scripts/container_check.sh
+
+# Ray Data for the cohort back-fill: an extra of its own (ray + pyarrow, ~250 MB), not in `make test`.
+$(VENV)/.installed-batch: pyproject.toml $(VENV)/.installed-test
+	$(PIP) install --quiet -e '.[test,batch]'
+	touch $@
+
+test-batch: $(VENV)/.installed-batch redis
+	$(VENV)/bin/pytest -q -m ray
 
 bench: install
 	$(PY) scripts/bench_encode.py
