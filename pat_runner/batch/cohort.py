@@ -19,6 +19,7 @@ import numpy as np
 from pat_runner.actigraphy.fhir import DeviceInfo, build_bundle
 from pat_runner.actigraphy.metrics import ActigraphyMetrics, actigraphy_metrics
 from pat_runner.actigraphy.preprocess import PIPELINE_VERSION, RawRecording, preprocess
+from pat_runner.errors import ServiceError
 from pat_runner.model import WEEK_MINUTES
 from pat_runner.model.store import load_stored_pat, read_model_info, read_stored_scaler
 from pat_runner.serving.runner import run_model
@@ -69,7 +70,7 @@ def prepare(
         raw = raw_recording(row)
         pre = preprocess(raw, scaler=context.scaler, settings=settings)
         metrics = actigraphy_metrics(pre.minutes, unit=raw.unit, sleep_method=sleep_method)  # type: ignore[arg-type]
-    except ValueError as exc:  # the ServiceError family (InvalidInput, …) and reader errors
+    except (ServiceError, ValueError) as exc:  # what the service answers with a 4xx
         return {**out, **_empty(), "error": f"{type(exc).__name__}: {exc}"}
     return {
         **out,

@@ -156,8 +156,9 @@ def run_backfill(
     skipped = len(done)
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    # SPREAD spreads the CPU-bound preprocessing over the cluster; as remote args differing from the
-    # actors' it also keeps Ray from fusing it into the PAT actors, so it runs in tasks of its own.
+    # SPREAD spreads the CPU-bound preprocessing over the cluster. The actors' explicit DEFAULT strategy
+    # makes the two steps' remote args differ, which keeps Ray Data from fusing preprocessing into the
+    # PAT actors: it runs in tasks of its own, in parallel with inference.
     prepared = dataset.map(
         prepare, fn_kwargs={"context": context, "settings": settings}, scheduling_strategy="SPREAD"
     )
@@ -169,6 +170,7 @@ def run_backfill(
         concurrency=workers,
         num_cpus=0 if gpu else 1,
         num_gpus=1 if gpu else 0,
+        scheduling_strategy="DEFAULT",
         batch_format="numpy",
     )
     recordings = failed = windows = 0
