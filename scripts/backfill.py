@@ -33,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=64, help="recordings per output file")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (one GPU per actor)")
     parser.add_argument("--timezone", default="UTC", help="local zone of device files' clock times")
-    parser.add_argument("--cpus", type=int, help="local Ray only: CPU cores Ray may use")
+    parser.add_argument(
+        "--cpus", type=int, help="local Ray only: CPUs Ray schedules on (at least --workers + 1 on CPU)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--workers",
                     str(workers),
                     "--cpus",
-                    str(max(2, workers)),
+                    str(workers + 1),
                     "--no-progress",
                 ],
                 capture_output=True,

@@ -81,7 +81,10 @@ build_base_image() {
 }
 
 cleanup() {
-    podman rm -f "$CONTAINER" "$MODEL_CONTAINER" "$API_CONTAINER" >/dev/null 2>&1 || true
+    # One at a time: `podman rm -f a b` removes nothing when one of them is already gone.
+    for name in "$CONTAINER" "$MODEL_CONTAINER" "$API_CONTAINER"; do
+        podman rm -f --ignore "$name" >/dev/null 2>&1 || true
+    done
 }
 trap cleanup EXIT
 
@@ -132,7 +135,7 @@ size=$(podman image inspect "$IMAGE" --format '{{.Size}}')
     --extra containerize_seconds="$build_seconds" \
     || { podman logs "$CONTAINER" 2>&1 | tail -n 60; exit 1; }
 
-podman rm -f "$CONTAINER" >/dev/null
+podman rm -f "$CONTAINER" >/dev/null 2>&1
 
 # The Kubernetes layout (deploy/k8s): the same image as two containers, the API service reaching the
 # model service by URL (BENTOML_SERVE_DEPENDS), each started with `start-http-server --service-name`.

@@ -139,6 +139,13 @@ def run_backfill(
     from tqdm import tqdm
 
     started = time.perf_counter()
+    gpu = device.startswith("cuda")
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if not gpu and cpus < workers + 1:
+        # Each CPU actor holds a core for good; preprocessing tasks would wait forever for one.
+        raise ValueError(
+            f"{workers} PAT workers need at least {workers + 1} Ray CPUs, the cluster has {cpus:g}"
+        )
     for name in SUBDIRS:
         (out / name).mkdir(parents=True, exist_ok=True)
     done = done_recordings(out)
@@ -162,7 +169,6 @@ def run_backfill(
     prepared = dataset.map(
         prepare, fn_kwargs={"context": context, "settings": settings}, scheduling_strategy="SPREAD"
     )
-    gpu = device.startswith("cuda")
     encoded = prepared.map_batches(
         PatEncoder,
         fn_constructor_kwargs={"tag": model_tag, "device": device, "torch_threads": 1},
