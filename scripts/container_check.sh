@@ -5,8 +5,9 @@
 #   → `bentoml build` (CI bentofile: local base image, torch from the locally resolved wheel)
 #   → `bentoml containerize --backend podman` (builds on the host network, trusting the host's CA bundle)
 #   → `podman run --init --network host --read-only` as the image's non-root user
-#   → /readyz 200 → one /v1/analyze equal to the in-process result → image scanned for key material
-#   → container removed.
+#   → /readyz 200 → one /v1/analyze equal to the in-process result
+#   → the same as two containers, API → model service by URL (the Kubernetes layout)
+#   → image env and layers scanned for key material → containers removed.
 # Skips (exit 0, with a message) only where podman cannot be installed. Figures go to
 # $PAT_CONTAINER_WORK/facts.json (see docs/deployment.md).
 set -euo pipefail

@@ -42,7 +42,7 @@ def test_bentoml_build(model_store: Path, tmp_path: Path, bentofile: str) -> Non
         assert [m["tag"].split(":")[0] for m in service["models"]] == ["pat-demo"]
     assert services["pat_service"]["dependencies"] == [{"service": "pat_model"}]
     assert (bento_dir / "src" / "service.py").exists()
-    assert (bento_dir / "src" / "pat_runner" / "runner.py").exists()
+    assert (bento_dir / "src" / "pat_runner" / "serving" / "runner.py").exists()
     assert not (bento_dir / "src" / "tests").exists()
     dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
     assert "FROM " in dockerfile and "ENV BENTOML_DO_NOT_TRACK=$BENTOML_DO_NOT_TRACK" in dockerfile
