@@ -26,8 +26,9 @@ from pat_runner.serving.runner import run_model
 from pat_runner.serving.schemas import ModelSummary
 from pat_runner.settings import Settings
 
-#: Columns of an input Parquet file; `values` is a list of per-epoch counts (null = missing).
-INPUT_COLUMNS = ("recording_id", "start", "timezone", "epoch_seconds", "values", "unit", "subject")
+#: Columns an input Parquet file must have (`values`: per-epoch counts, null = missing); `unit`,
+#: `subject` and `device` (JSON) are optional, as in the API's `Recording`.
+REQUIRED_COLUMNS = ("recording_id", "start", "timezone", "epoch_seconds", "values")
 _WEEK = timedelta(minutes=WEEK_MINUTES)
 
 

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from pat_runner.actigraphy.readers import read_recording_file
 from pat_runner.batch.cohort import (
+    REQUIRED_COLUMNS,
     ModelContext,
     PatEncoder,
     embedding_rows,
@@ -130,7 +131,7 @@ def run_backfill(
     timezone: str = "UTC",
     progress: bool = True,
 ) -> BackfillReport:
-    """Back-fill `source` (a Parquet file or directory with `cohort.INPUT_COLUMNS`, or a directory of
+    """Back-fill `source` (a Parquet file or directory with `cohort.REQUIRED_COLUMNS`, or a directory of
     device files) into `out`. Ray must be initialised (`ray.init()`); `workers` PAT actors run, each
     with one CPU core (or one GPU for `device="cuda"`)."""
     import time
@@ -158,7 +159,11 @@ def run_backfill(
         )
         todo = len(files) - len(done & {p.stem for p in files})
     else:
-        dataset = ray.data.read_parquet(str(source)).filter(lambda row: row["recording_id"] not in done)
+        dataset = ray.data.read_parquet(str(source))
+        missing = set(REQUIRED_COLUMNS) - set(dataset.schema().names)
+        if missing:
+            raise ValueError(f"{source}: missing columns {sorted(missing)} (see docs/backfill.md)")
+        dataset = dataset.filter(lambda row: row["recording_id"] not in done)
         todo = dataset.count()
     skipped = len(done)
 
