@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 FIREBASE_DIR := tests/firebase
 
-.PHONY: install install-test node-deps redis serve test test-browser chromium lint bench bench-model gpu-check
+.PHONY: install install-test node-deps redis serve test test-browser chromium lint bench bench-model gpu-check test-container test-batch
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,9 +49,22 @@ lint: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(PY) scripts/k8s_validate.py
 
 test: install-test node-deps redis lint
 	$(VENV)/bin/pytest -q
+
+# Builds the Bento into an image with podman and runs it (scripts/container_check.sh; ~10 min here).
+test-container: install
+	PY=$(PY) bash scripts/container_check.sh
+
+# Ray Data for the cohort back-fill: an extra of its own (ray + pyarrow, ~250 MB), not in `make test`.
+$(VENV)/.installed-batch: pyproject.toml $(VENV)/.installed-test
+	$(PIP) install --quiet -e '.[test,batch]'
+	touch $@
+
+test-batch: $(VENV)/.installed-batch redis
+	$(VENV)/bin/pytest -q -m ray
 
 # Debian's Chromium and its chromedriver for the docs-page test; installed only when missing.
 chromium:
