@@ -23,7 +23,7 @@ from pat_runner.actigraphy.readers import read_recording_file
 from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import InvalidInput, PayloadTooLarge, ServiceError
 from pat_runner.serving.audit import AuditMiddleware, configure_logging
-from pat_runner.serving.auth import FirebaseAuthMiddleware, check_auth_config
+from pat_runner.serving.auth import FirebaseAuthMiddleware
 from pat_runner.serving.http import (
     DocsMiddleware,
     ErrorEnvelopeMiddleware,
@@ -31,6 +31,7 @@ from pat_runner.serving.http import (
     SecurityHeadersMiddleware,
     error_response,
 )
+from pat_runner.serving.lifecycle import check_startup_config, install_fatal_exit, stop_server_on_failure
 from pat_runner.serving.openapi import enrich
 from pat_runner.serving.pipeline import Analyzer, served_model
 from pat_runner.serving.runner import PATModel
@@ -56,7 +57,8 @@ settings = get_settings()
 configure_logging(settings.log_level)
 telemetry.configure_tracing()
 # Fail closed before BentoML starts any worker: a misconfigured server must not come up at all.
-check_auth_config(settings)
+check_startup_config(settings)
+install_fatal_exit()
 
 _ssl = (
     {"ssl": {"enabled": True, "certfile": settings.tls_certfile, "keyfile": settings.tls_keyfile}}
@@ -81,10 +83,13 @@ class PATService:
     model_ref = bentoml.models.BentoModel(settings.model_tag)
 
     def __init__(self) -> None:
-        self.served = served_model(self.model_ref)
-        self.cache = ResultCache.from_settings(settings)
-        self.analyzer = Analyzer(model=self.served, infer=self._infer, cache=self.cache, settings=settings)
-        telemetry.record_model_info(self.served.summary)
+        with stop_server_on_failure("API"):
+            self.served = served_model(self.model_ref)
+            self.cache = ResultCache.from_settings(settings)
+            self.analyzer = Analyzer(
+                model=self.served, infer=self._infer, cache=self.cache, settings=settings
+            )
+            telemetry.record_model_info(self.served.summary)
 
     async def _infer(self, windows: np.ndarray) -> np.ndarray:
         # The dependency's client gets its endpoints only after __init__, at server start-up.

@@ -17,6 +17,7 @@ import torch
 
 from pat_runner import telemetry
 from pat_runner.model.store import StoredPAT, load_stored_pat
+from pat_runner.serving.lifecycle import stop_server_on_failure
 from pat_runner.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -65,10 +66,11 @@ class PATModel:
     model_ref = bentoml.models.BentoModel(settings.model_tag)
 
     def __init__(self) -> None:
-        if settings.torch_threads > 0:
-            torch.set_num_threads(settings.torch_threads)
-        self.device = pick_device(settings.device)
-        self.stored = load_stored_pat(self.model_ref, device=self.device)
+        with stop_server_on_failure("model"):
+            if settings.torch_threads > 0:
+                torch.set_num_threads(settings.torch_threads)
+            self.device = pick_device(settings.device)
+            self.stored = load_stored_pat(self.model_ref, device=self.device)
         logger.info(
             "PAT model loaded",
             extra={"model_tag": self.stored.tag, "device": self.device, "size": self.stored.info.size},
