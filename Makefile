@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 FIREBASE_DIR := tests/firebase
 
-.PHONY: install install-test node-deps redis serve test lint bench
+.PHONY: install install-test node-deps redis serve test lint bench alerts-test
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,15 @@ redis:
 serve: install
 	$(PY) scripts/quickstart.py
 
-lint: install-test
+# promtool ships in Debian's `prometheus` package; installed once, then reused.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+alerts-test:
+	@command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+	promtool check rules deploy/monitoring/pat-alerts.yaml
+	promtool test rules deploy/monitoring/pat-alerts.test.yaml
+
+lint: install-test alerts-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports

@@ -90,6 +90,7 @@ class PATService:
                 model=self.served, infer=self._infer, cache=self.cache, settings=settings
             )
             telemetry.record_model_info(self.served.summary)
+        telemetry.record_worker_start("api")
 
     async def _infer(self, windows: np.ndarray) -> np.ndarray:
         # The dependency's client gets its endpoints only after __init__, at server start-up.

@@ -125,6 +125,9 @@ class _Metrics:
     batch_size: Histogram
     inference_latency: Histogram
     model_info: Gauge
+    model_unavailable: Counter
+    worker_starts: Counter
+    rejections: Counter
 
 
 @lru_cache(maxsize=1)
@@ -172,6 +175,20 @@ def metrics() -> _Metrics:
             ["tag", "size", "demo"],
             multiprocess_mode="livemax",
         ),
+        model_unavailable=Counter(
+            "pat_model_unavailable",
+            "Calls from the API to the model service that failed (answered 503 model_unavailable), by error.",
+            ["error"],
+        ),
+        # Dead workers' counts stay in the multiprocess directory, so restarts add up.
+        worker_starts=Counter(
+            "pat_worker_starts", "Worker processes that finished start-up, by service.", ["service"]
+        ),
+        rejections=Counter(
+            "pat_rejections",
+            "Requests refused by backpressure before any work, by reason (concurrency, model_queue).",
+            ["reason"],
+        ),
     )
 
 
@@ -199,6 +216,18 @@ def record_inference(batch_size: int, seconds: float) -> None:
     m = metrics()
     m.batch_size.observe(batch_size)
     m.inference_latency.observe(seconds)
+
+
+def record_model_unavailable(error: str) -> None:
+    metrics().model_unavailable.labels(error=error).inc()
+
+
+def record_worker_start(service: str) -> None:
+    metrics().worker_starts.labels(service=service).inc()
+
+
+def record_rejection(reason: str) -> None:
+    metrics().rejections.labels(reason=reason).inc()
 
 
 class ModelDescription(Protocol):

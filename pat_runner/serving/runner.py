@@ -71,6 +71,7 @@ class PATModel:
                 torch.set_num_threads(settings.torch_threads)
             self.device = pick_device(settings.device)
             self.stored = load_stored_pat(self.model_ref, device=self.device)
+        telemetry.record_worker_start("model")
         logger.info(
             "PAT model loaded",
             extra={"model_tag": self.stored.tag, "device": self.device, "size": self.stored.info.size},
