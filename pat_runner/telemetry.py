@@ -74,12 +74,24 @@ def set_span_attributes(**attributes: AttributeValue) -> None:
         current.set_attribute(key, value)
 
 
+def otlp_exporter_name() -> str:
+    """The entry point behind `otlp`, chosen by the standard protocol variables (default
+    `http/protobuf`, the one installed: `opentelemetry-exporter-otlp-proto-http`)."""
+    protocol = (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    return {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}.get(protocol, f"otlp ({protocol})")
+
+
 def configure_tracing() -> bool:
     """Install an SDK tracer provider when `OTEL_TRACES_EXPORTER` names exporters; idempotent.
 
     Exporters are looked up by name in the `opentelemetry_traces_exporter` entry-point group, the same
-    registry the OpenTelemetry auto-configuration uses (`console` ships with the SDK; `otlp` needs
-    `opentelemetry-exporter-otlp`). Returns whether a provider was installed.
+    registry the OpenTelemetry auto-configuration uses (`console` ships with the SDK; `otlp` is OTLP/HTTP
+    from `opentelemetry-exporter-otlp-proto-http`, configured by the `OTEL_EXPORTER_OTLP_*` variables).
+    Returns whether a provider was installed.
     """
     global _tracing_configured
     names = [
@@ -99,6 +111,7 @@ def configure_tracing() -> bool:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         available = {ep.name: ep for ep in entry_points(group="opentelemetry_traces_exporter")}
+        names = [otlp_exporter_name() if name == "otlp" else name for name in names]
         missing = [name for name in names if name not in available]
         if missing:
             raise RuntimeError(
