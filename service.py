@@ -24,6 +24,7 @@ from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import InvalidInput, PayloadTooLarge, ServiceError
 from pat_runner.serving.audit import AuditMiddleware, configure_logging
 from pat_runner.serving.auth import FirebaseAuthMiddleware
+from pat_runner.serving.backpressure import ConcurrencyLimitMiddleware, shed_when_model_overloaded
 from pat_runner.serving.http import (
     DocsMiddleware,
     ErrorEnvelopeMiddleware,
@@ -94,7 +95,7 @@ class PATService:
 
     async def _infer(self, windows: np.ndarray) -> np.ndarray:
         # The dependency's client gets its endpoints only after __init__, at server start-up.
-        return await self.model_service.to_async.infer(windows)
+        return await shed_when_model_overloaded(self.model_service.to_async.infer(windows))
 
     @bentoml.on_shutdown
     async def close(self) -> None:
@@ -240,11 +241,14 @@ models_app.router.routes.append(Route("/v1/models", _get_models, methods=["GET"]
 PATService.mount_asgi_app(models_app, path="/")
 
 # First added = outermost: audit sees every final status; errors are enveloped before audit logs them;
-# authentication runs before the docs are served and before any body is read; limits run before
-# BentoML parses the body.
+# backpressure refuses before authentication costs anything; authentication runs before the docs are
+# served and before any body is read; limits run before BentoML parses the body.
 PATService.add_asgi_middleware(AuditMiddleware)
 PATService.add_asgi_middleware(SecurityHeadersMiddleware, tls=bool(settings.tls_certfile))
 PATService.add_asgi_middleware(ErrorEnvelopeMiddleware)
+PATService.add_asgi_middleware(
+    ConcurrencyLimitMiddleware, max_concurrency=settings.max_concurrency, retry_after_s=settings.retry_after_s
+)
 PATService.add_asgi_middleware(FirebaseAuthMiddleware, settings=settings)
 PATService.add_asgi_middleware(DocsMiddleware, openapi=lambda: enrich(PATService.openapi_spec.asdict()))
 PATService.add_asgi_middleware(

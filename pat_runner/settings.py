@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     # 0: torch's default
     torch_threads: int = Field(0, ge=0)
 
+    # backpressure (measured: docs/performance.md "Load and soak")
+    # in-progress /v1/ requests per API worker; one more is answered 429 at once
+    max_concurrency: int = Field(16, ge=1)
+    retry_after_s: int = Field(2, ge=1)
+    # in-progress inference calls the model service accepts (BentoML traffic.max_concurrency)
+    model_max_concurrency: int = Field(64, ge=1)
+
     # preprocessing limits
     window_stride_minutes: int = Field(WEEK_MINUTES, ge=1)
     min_recording_minutes: int = Field(1_440, ge=1)

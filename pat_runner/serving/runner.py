@@ -54,7 +54,7 @@ def run_model(stored: StoredPAT, windows: np.ndarray, device: str) -> np.ndarray
 @bentoml.service(
     name="pat_model",
     workers=settings.runner_workers,
-    traffic={"timeout": 300},
+    traffic={"timeout": 300, "max_concurrency": settings.model_max_concurrency},
     # The API service's client to this service recycles its HTTP session every 100 calls by default,
     # which drops in-flight calls under concurrency (bentoml#5540).
     runner_connection={"max_requests": 1_000_000_000, "max_age": 10.0**9},
