@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(2, ge=1)
     # in-progress inference calls the model service accepts (BentoML traffic.max_concurrency)
     model_max_concurrency: int = Field(64, ge=1)
+    # on SIGTERM the model worker keeps serving the draining API workers at most this long; keep it
+    # equal to `bentoml serve --timeout-graceful-shutdown` and below Kubernetes' grace period (30 s)
+    shutdown_grace_s: float = Field(25.0, gt=0)
 
     # preprocessing limits
     window_stride_minutes: int = Field(WEEK_MINUTES, ge=1)

@@ -3,7 +3,7 @@
 One server with a deliberately small concurrency limit (`PAT_MAX_CONCURRENCY=2`): a burst past it is
 refused quickly with 429 in the error envelope, with `Retry-After`, and the service recovers by itself;
 killing the model worker mid-load gives clean 503s (or successes), readiness false then true, and a
-served model again.
+served model again; finally SIGTERM mid-request lets the request complete before the server exits.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 LIMIT = 2
 RETRY_AFTER_S = 3
+GRACE_S = 25
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,8 @@ def server(
             "PAT_RETRY_AFTER_S": str(RETRY_AFTER_S),
             "PAT_PROTECT_METRICS": "false",
         },
+        # What deploy/deployment.yaml passes: drain within Kubernetes' 30 s before SIGKILL.
+        serve_args=["--timeout-graceful-shutdown", str(GRACE_S)],
     )
     yield running
     stop_server(running)
@@ -139,3 +142,41 @@ def test_killing_the_model_worker_under_load_gives_clean_503s_and_it_comes_back(
     response, _ = analyze(server, headers, 31_337)
     assert response.status_code == 200, response.text
     assert 'pat_worker_starts_total{service="model"} 2.0' in server.metrics()
+
+
+def test_sigterm_mid_request_lets_the_request_complete(server: Server, headers: dict[str, str]) -> None:
+    """Last in this module: it stops the server."""
+    body = {"recordings": [recording(40_000 + i) for i in range(24)]}
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        response = httpx.post(f"{server.url}/v1/analyze/batch", json=body, headers=headers, timeout=120)
+        outcome["response"] = response
+        outcome["done"] = time.monotonic()
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 30
+    while "response" not in outcome and time.monotonic() < deadline:
+        in_progress = [
+            line
+            for line in server.metrics().splitlines()
+            if line.startswith("bentoml_service_request_in_progress")
+            and 'endpoint="/v1/analyze/batch"' in line
+        ]
+        if in_progress and float(in_progress[0].rsplit(" ", 1)[1]) >= 1:
+            break
+        time.sleep(0.05)
+    server.process.send_signal(signal.SIGTERM)
+    terminated = time.monotonic()
+    caller.join()
+    exit_code = server.process.wait(timeout=GRACE_S + 30)
+
+    response = outcome["response"]
+    assert isinstance(response, httpx.Response)
+    assert outcome["done"] > terminated, "the request finished before SIGTERM; nothing was drained"
+    assert response.status_code == 200, response.text
+    assert all(item["result"] is not None for item in response.json()["results"])
+    assert exit_code == 0
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{server.url}/readyz", timeout=2)

@@ -13,6 +13,14 @@ every second for ever, and the server would neither serve nor exit. Here:
 
 An orchestrator (Kubernetes) then restarts the pod with its back-off, and the pod's status shows
 the failure, instead of a Running pod that never becomes ready.
+
+Graceful shutdown: on SIGTERM circus signals every worker at once. The API workers drain their
+in-flight requests (uvicorn's `--timeout-graceful-shutdown`), but those requests still call the model
+service, which would already be gone. `drain_after(api_service, grace_s)` in the model worker holds
+its SIGTERM until the API workers have exited (at most `PAT_SHUTDOWN_GRACE_S`), then shuts down as
+uvicorn would have. For that the model service's Unix socket must outlive the stop signal: BentoML
+1.4's arbiter deletes its socket directory when the stop *begins*; `keep_sockets_until_stopped()`
+defers that clean-up until every worker has exited.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -75,6 +84,31 @@ def install_fatal_exit() -> None:
         return
     signal.signal(FATAL_SIGNAL, _on_fatal_signal)
     atexit.register(_exit_if_fatal)
+    keep_sockets_until_stopped()
+
+
+def keep_sockets_until_stopped() -> None:
+    """Run the BentoML arbiter's exit stack (which removes the workers' Unix-socket directory) after its
+    event loop has ended, i.e. after every worker has exited, instead of when `stop()` is called."""
+    from bentoml._internal.utils.circus import Arbiter
+    from circus.arbiter import Arbiter as CircusArbiter
+
+    if getattr(Arbiter, "_pat_sockets_kept", False):
+        return
+    start = Arbiter.start
+
+    def start_then_clean_up(self: Arbiter, cb: Callable[[object], object] | None = None) -> None:
+        try:
+            start(self, cb)
+        finally:
+            self.exit_stack.__exit__(None, None, None)
+
+    def stop_keeping_sockets(self: Arbiter) -> object:
+        return CircusArbiter.stop(self)
+
+    Arbiter.start = start_then_clean_up  # type: ignore[method-assign]
+    Arbiter.stop = stop_keeping_sockets  # type: ignore[method-assign]
+    Arbiter._pat_sockets_kept = True  # type: ignore[attr-defined]
 
 
 @contextmanager
@@ -90,3 +124,46 @@ def stop_server_on_failure(service: str) -> Iterator[None]:
         if in_bentoml_worker():
             os.kill(os.getppid(), FATAL_SIGNAL)
         raise
+
+
+def sibling_pids(service_name: str) -> list[int]:
+    """Live workers of `service_name` started by the same arbiter as this process."""
+    parent, pids = os.getppid(), []
+    for proc in os.scandir("/proc"):
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{proc.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+            with open(f"/proc/{proc.name}/cmdline", "rb") as cmdline:
+                args = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        # fields[0] is the state (Z: exited, not yet reaped), fields[1] the parent pid.
+        if int(fields[1]) == parent and fields[0] != b"Z" and service_name.encode() in args:
+            pids.append(int(proc.name))
+    return pids
+
+
+def drain_after(service_name: str, grace_s: float) -> None:
+    """Call in a worker's `__init__` (BentoML runs it on the main thread, after uvicorn has installed
+    its signal handlers): SIGTERM takes effect once `service_name`'s workers are gone or `grace_s`
+    has passed."""
+    if not in_bentoml_worker() or threading.current_thread() is not threading.main_thread():
+        return
+    shutdown = signal.getsignal(signal.SIGTERM)
+    if not callable(shutdown):
+        return
+
+    def wait_then_shut_down(signum: int) -> None:
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and sibling_pids(service_name):
+            time.sleep(0.1)
+        logger.info("shutting down after the %s workers", service_name)
+        # uvicorn's handler only sets flags its main loop polls; safe from this thread.
+        shutdown(signum, None)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=wait_then_shut_down, args=(signum,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)

@@ -17,10 +17,12 @@ import torch
 
 from pat_runner import telemetry
 from pat_runner.model.store import StoredPAT, load_stored_pat
-from pat_runner.serving.lifecycle import stop_server_on_failure
+from pat_runner.serving.lifecycle import drain_after, stop_server_on_failure
 from pat_runner.settings import get_settings
 
 logger = logging.getLogger(__name__)
+# The API service (service.py) that calls this one; it must drain before this service stops.
+API_SERVICE_NAME = "pat_service"
 settings = get_settings()
 
 
@@ -71,6 +73,7 @@ class PATModel:
                 torch.set_num_threads(settings.torch_threads)
             self.device = pick_device(settings.device)
             self.stored = load_stored_pat(self.model_ref, device=self.device)
+            drain_after(API_SERVICE_NAME, settings.shutdown_grace_s)
         telemetry.record_worker_start("model")
         logger.info(
             "PAT model loaded",
