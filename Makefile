@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 FIREBASE_DIR := tests/firebase
 
-.PHONY: install install-test node-deps redis serve test lint bench alerts-test
+.PHONY: install install-test node-deps redis serve test lint bench alerts-test loadtest soak
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,3 +63,16 @@ test: install-test node-deps redis lint
 
 bench: install
 	$(PY) scripts/bench_encode.py
+
+# A longer bounded locust run against a served Bento (Auth Emulator tokens, real Redis); report in
+# build/loadtest/report.md. Bounds: LOADTEST_SECONDS, LOADTEST_USERS, LOADTEST_RATE (req/s per user).
+loadtest: install-test node-deps redis
+	LOADTEST_OUT=build/loadtest LOADTEST_SECONDS=$${LOADTEST_SECONDS:-120} \
+		LOADTEST_USERS=$${LOADTEST_USERS:-8} LOADTEST_RATE=$${LOADTEST_RATE:-0.5} \
+		$(VENV)/bin/pytest -q tests/test_load_short.py
+
+# 20 minutes at a steady rate below capacity; report in build/soak/report.md (see docs/performance.md).
+soak: install-test node-deps redis
+	LOADTEST_SOAK=1 LOADTEST_OUT=build/soak LOADTEST_SECONDS=$${SOAK_SECONDS:-1200} \
+		LOADTEST_USERS=$${SOAK_USERS:-4} LOADTEST_RATE=$${SOAK_RATE:-0.5} \
+		$(VENV)/bin/pytest -q tests/test_load_short.py
