@@ -12,12 +12,25 @@ import asyncio
 import collections
 import sys
 import time
-from pathlib import Path
 
 import httpx
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.payloads import recording
+WEEK = 10_080
+
+
+def recording(seed: int) -> dict[str, object]:
+    """A distinct, plausible counts-per-minute week per seed (rest at night, activity by day)."""
+    rng = np.random.default_rng(seed)
+    hour = (np.arange(WEEK) / 60.0) % 24
+    counts = np.where((hour >= 7) & (hour < 23), rng.gamma(1.5, 250.0, WEEK), rng.poisson(3.0, WEEK))
+    return {
+        "start": "2024-03-04T00:00:00+00:00",
+        "timezone": "UTC",
+        "epoch_seconds": 60,
+        "values": np.round(counts).tolist(),
+        "unit": "counts",
+    }
 
 
 async def one(client: httpx.AsyncClient, url: str, seed: int) -> tuple[int, float, str]:
