@@ -168,6 +168,8 @@ def pat_server(
             "PAT_REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_TEST_DB}",
             "PAT_MAX_BATCH_SIZE": "8",
             "PAT_MAX_LATENCY_MS": "20000",
+            # The batching tests send 32 at once; the limit itself is tested on its own server.
+            "PAT_MAX_CONCURRENCY": "64",
             **cache_key_env(),
         },
     )
