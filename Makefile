@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 FIREBASE_DIR := tests/firebase
 
-.PHONY: install install-test node-deps redis serve test test-browser chromium lint bench bench-model gpu-check test-container test-batch
+.PHONY: install install-test node-deps redis serve test test-browser chromium lint bench bench-model gpu-check test-container test-batch alerts-test loadtest soak
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,15 @@ redis:
 serve: install
 	$(PY) scripts/quickstart.py
 
-lint: install-test
+# promtool ships in Debian's `prometheus` package; installed once, then reused.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+alerts-test:
+	@command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+	promtool check rules deploy/monitoring/pat-alerts.yaml
+	promtool test rules deploy/monitoring/pat-alerts.test.yaml
+
+lint: install-test alerts-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
@@ -84,3 +92,16 @@ bench-model: install
 # parity + throughput of every GPU backend (needs a CUDA torch and onnxruntime-gpu)
 gpu-check:
 	scripts/gpu_check.sh $(PY)
+
+# A longer bounded locust run against a served Bento (Auth Emulator tokens, real Redis); report in
+# build/loadtest/report.md. Bounds: LOADTEST_SECONDS, LOADTEST_USERS, LOADTEST_RATE (req/s per user).
+loadtest: install-test node-deps redis
+	LOADTEST_OUT=build/loadtest LOADTEST_SECONDS=$${LOADTEST_SECONDS:-120} \
+		LOADTEST_USERS=$${LOADTEST_USERS:-8} LOADTEST_RATE=$${LOADTEST_RATE:-0.5} \
+		$(VENV)/bin/pytest -q tests/test_load_short.py
+
+# 20 minutes at a steady rate below capacity; report in build/soak/report.md (see docs/performance.md).
+soak: install-test node-deps redis
+	LOADTEST_SOAK=1 LOADTEST_OUT=build/soak LOADTEST_SECONDS=$${SOAK_SECONDS:-1200} \
+		LOADTEST_USERS=$${SOAK_USERS:-4} LOADTEST_RATE=$${SOAK_RATE:-0.5} \
+		$(VENV)/bin/pytest -q tests/test_load_short.py

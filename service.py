@@ -30,7 +30,8 @@ from pat_runner.errors import InvalidInput, PayloadTooLarge, ServiceError
 from pat_runner.model.store import read_model_info, read_stored_scaler
 from pat_runner.serving import routes
 from pat_runner.serving.audit import AuditMiddleware, configure_logging
-from pat_runner.serving.auth import FirebaseAuthMiddleware, check_auth_config
+from pat_runner.serving.auth import FirebaseAuthMiddleware
+from pat_runner.serving.backpressure import ConcurrencyLimitMiddleware, shed_when_model_overloaded
 from pat_runner.serving.forms import FormOutputs, FormSubject, FormTimezone, forbid_unknown_fields
 from pat_runner.serving.http import (
     DocsMiddleware,
@@ -42,6 +43,7 @@ from pat_runner.serving.http import (
     error_response,
     validation_message,
 )
+from pat_runner.serving.lifecycle import check_startup_config, install_fatal_exit, stop_server_on_failure
 from pat_runner.serving.openapi import enrich
 from pat_runner.serving.pipeline import Analyzer, InputFacts, to_raw
 from pat_runner.serving.runner import PATModel
@@ -69,7 +71,8 @@ configure_logging(settings.log_level)
 downgrade_client_error_logs()
 telemetry.configure_tracing()
 # Fail closed before BentoML starts any worker: a misconfigured server must not come up at all.
-check_auth_config(settings)
+check_startup_config(settings)
+install_fatal_exit()
 
 _ssl = (
     {"ssl": {"enabled": True, "certfile": settings.tls_certfile, "keyfile": settings.tls_keyfile}}
@@ -113,20 +116,22 @@ class PATService:
     model_ref = bentoml.models.BentoModel(settings.model_tag)
 
     def __init__(self) -> None:
-        self.model_info = read_model_info(self.model_ref)
-        self.cache = ResultCache.from_settings(settings)
-        self.analyzer = Analyzer(
-            model=self.model_info,
-            scaler=read_stored_scaler(self.model_ref),
-            infer=self._infer,
-            cache=self.cache,
-            settings=settings,
-            infer_attention=self._infer_attention,
-        )
+        with stop_server_on_failure("API"):
+            self.model_info = read_model_info(self.model_ref)
+            self.cache = ResultCache.from_settings(settings)
+            self.analyzer = Analyzer(
+                model=self.model_info,
+                scaler=read_stored_scaler(self.model_ref),
+                infer=self._infer,
+                cache=self.cache,
+                settings=settings,
+                infer_attention=self._infer_attention,
+            )
+        telemetry.record_worker_start("api")
 
     async def _infer(self, windows: np.ndarray) -> np.ndarray:
         # The dependency's client gets its endpoints only after __init__, at server start-up.
-        return await self.model_service.to_async.infer(windows)
+        return await shed_when_model_overloaded(self.model_service.to_async.infer(windows))
 
     async def _infer_attention(self, windows: np.ndarray) -> np.ndarray:
         return await self.model_service.to_async.infer_attention(windows)
@@ -328,12 +333,16 @@ PATService.mount_asgi_app(models_app, path="/")
 # Unknown top-level fields are refused like nested ones (BentoML's generated input models ignore them).
 forbid_unknown_fields([api.input_spec for api in PATService.apis.values()])
 # First added = outermost: audit sees every final status; an over-long URL is refused (414) before
-# anything else looks at it; errors are enveloped before audit logs them; authentication runs before
-# the docs are served and before any body is read; limits run before BentoML parses the body.
+# anything else looks at it; errors are enveloped before audit logs them; backpressure refuses before
+# authentication costs anything; authentication runs before the docs are served and before any body is
+# read; limits run before BentoML parses the body.
 PATService.add_asgi_middleware(AuditMiddleware)
 PATService.add_asgi_middleware(TargetLengthMiddleware, max_url_bytes=settings.max_url_bytes)
 PATService.add_asgi_middleware(SecurityHeadersMiddleware, tls=bool(settings.tls_certfile))
 PATService.add_asgi_middleware(ErrorEnvelopeMiddleware)
+PATService.add_asgi_middleware(
+    ConcurrencyLimitMiddleware, max_concurrency=settings.max_concurrency, retry_after_s=settings.retry_after_s
+)
 PATService.add_asgi_middleware(FirebaseAuthMiddleware, settings=settings)
 PATService.add_asgi_middleware(
     DocsMiddleware,

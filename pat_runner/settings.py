@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     # writable, else a per-user temporary folder
     onnx_cache_dir: str = Field("")
 
+    # backpressure (measured: docs/performance.md "Load and soak")
+    # in-progress /v1/ requests per API worker; one more is answered 429 at once
+    max_concurrency: int = Field(16, ge=1)
+    retry_after_s: int = Field(2, ge=1)
+    # in-progress inference calls the model service accepts (BentoML traffic.max_concurrency)
+    model_max_concurrency: int = Field(64, ge=1)
+    # on SIGTERM the model worker keeps serving the draining API workers at most this long; keep it
+    # equal to `bentoml serve --timeout-graceful-shutdown` and below Kubernetes' grace period (30 s)
+    shutdown_grace_s: float = Field(25.0, gt=0)
+
     # preprocessing limits
     window_stride_minutes: int = Field(WEEK_MINUTES, ge=1)
     min_recording_minutes: int = Field(1_440, ge=1)

@@ -76,12 +76,24 @@ def set_span_attributes(**attributes: AttributeValue) -> None:
         current.set_attribute(key, value)
 
 
+def otlp_exporter_name() -> str:
+    """The entry point behind `otlp`, chosen by the standard protocol variables (default
+    `http/protobuf`, the one installed: `opentelemetry-exporter-otlp-proto-http`)."""
+    protocol = (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    return {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}.get(protocol, f"otlp ({protocol})")
+
+
 def configure_tracing() -> bool:
     """Install an SDK tracer provider when `OTEL_TRACES_EXPORTER` names exporters; idempotent.
 
     Exporters are looked up by name in the `opentelemetry_traces_exporter` entry-point group, the same
-    registry the OpenTelemetry auto-configuration uses (`console` ships with the SDK; `otlp` needs
-    `opentelemetry-exporter-otlp`). Returns whether a provider was installed.
+    registry the OpenTelemetry auto-configuration uses (`console` ships with the SDK; `otlp` is OTLP/HTTP
+    from `opentelemetry-exporter-otlp-proto-http`, configured by the `OTEL_EXPORTER_OTLP_*` variables).
+    Returns whether a provider was installed.
     """
     global _tracing_configured
     names = [
@@ -101,6 +113,7 @@ def configure_tracing() -> bool:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         available = {ep.name: ep for ep in entry_points(group="opentelemetry_traces_exporter")}
+        names = [otlp_exporter_name() if name == "otlp" else name for name in names]
         missing = [name for name in names if name not in available]
         if missing:
             raise RuntimeError(
@@ -127,6 +140,9 @@ class _Metrics:
     batch_size: Histogram
     inference_latency: Histogram
     model_info: Gauge
+    model_unavailable: Counter
+    worker_starts: Counter
+    rejections: Counter
 
 
 @lru_cache(maxsize=1)
@@ -174,6 +190,20 @@ def metrics() -> _Metrics:
             ["tag", "size", "demo", "backend", "device"],
             multiprocess_mode="livemax",
         ),
+        model_unavailable=Counter(
+            "pat_model_unavailable",
+            "Calls from the API to the model service that failed (answered 503 model_unavailable), by error.",
+            ["error"],
+        ),
+        # Dead workers' counts stay in the multiprocess directory, so restarts add up.
+        worker_starts=Counter(
+            "pat_worker_starts", "Worker processes that finished start-up, by service.", ["service"]
+        ),
+        rejections=Counter(
+            "pat_rejections",
+            "Requests refused by backpressure before any work, by reason (concurrency, model_queue).",
+            ["reason"],
+        ),
     )
 
 
@@ -201,6 +231,18 @@ def record_inference(batch_size: int, seconds: float) -> None:
     m = metrics()
     m.batch_size.observe(batch_size)
     m.inference_latency.observe(seconds)
+
+
+def record_model_unavailable(error: str) -> None:
+    metrics().model_unavailable.labels(error=error).inc()
+
+
+def record_worker_start(service: str) -> None:
+    metrics().worker_starts.labels(service=service).inc()
+
+
+def record_rejection(reason: str) -> None:
+    metrics().rejections.labels(reason=reason).inc()
 
 
 def record_model_info(model: ModelInfo, *, backend: str, device: str) -> None:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +86,13 @@ def prepare_store(home: Path) -> None:
 
 
 def start_server(
-    *, home: Path, log_path: Path, extra_env: Mapping[str, str], scheme: str = "http", timeout_s: float = 120
+    *,
+    home: Path,
+    log_path: Path,
+    extra_env: Mapping[str, str],
+    scheme: str = "http",
+    timeout_s: float = 120,
+    serve_args: Sequence[str] = (),
 ) -> Server:
     port = free_port()
     # A home of its own per server: BentoML keeps its Prometheus multiprocess files there and clears
@@ -107,7 +113,7 @@ def start_server(
     }
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [BENTOML, "serve", ".", "--host", "127.0.0.1", "--port", str(port)],
+        [BENTOML, "serve", ".", "--host", "127.0.0.1", "--port", str(port), *serve_args],
         cwd=ROOT,
         env=env,
         stdout=log,

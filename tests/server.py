@@ -41,6 +41,8 @@ def pat_server(
             "PAT_MAX_LATENCY_MS": "20000",
             "PAT_BACKEND": "auto",
             "PAT_BACKEND_BENCH_SECONDS": "0.2",
+            # The batching tests send 32 at once; the limit itself is tested on its own server.
+            "PAT_MAX_CONCURRENCY": "64",
             **cache_key_env(),
         },
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pat_runner.serving.lifecycle import EXIT_STARTUP_FAILED
 from scripts.local_server import BENTOML, ROOT, free_port
 
 pytestmark = pytest.mark.integration
@@ -47,3 +48,33 @@ def test_unsafe_configuration_refuses_to_start(model_store: Path, case: str) -> 
     )
     assert result.returncode != 0
     assert reason in result.stderr + result.stdout
+
+
+def _serve(model_store: Path, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BENTOML_HOME": str(model_store), "BENTOML_DO_NOT_TRACK": "true", **extra}
+    return subprocess.run(
+        [BENTOML, "serve", ".", "--host", "127.0.0.1", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_shared_cache_without_keys_refuses_to_start(model_store: Path) -> None:
+    env = {"PAT_AUTH": "disabled", "PAT_REDIS_URL": "redis://127.0.0.1:6379/7"}
+    env |= {"PAT_CACHE_KEYS": "", "PAT_CACHE_HMAC_KEY": ""}
+    result = _serve(model_store, env)
+    assert result.returncode != 0
+    assert "PAT_CACHE_KEYS and PAT_CACHE_HMAC_KEY" in result.stderr + result.stdout
+
+
+def test_worker_start_up_failure_stops_the_server(model_store: Path) -> None:
+    """A failure only a worker can find (here: a CUDA device ordinal that does not exist, on a machine
+    with or without a GPU) stops `bentoml serve` with EX_CONFIG instead of respawning the worker."""
+    result = _serve(model_store, {"PAT_AUTH": "disabled", "PAT_DEVICE": "cuda:99"})
+    output = result.stderr + result.stdout
+    assert result.returncode == EXIT_STARTUP_FAILED
+    assert output.count("model worker failed to start, stopping the server") == 1
+    assert "PAT_DEVICE=cuda:99" in output or "invalid device ordinal" in output

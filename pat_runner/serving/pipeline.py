@@ -191,6 +191,7 @@ class Analyzer:
             except ModelUnavailable:
                 raise
             except Exception as exc:
+                telemetry.record_model_unavailable(type(exc).__name__)
                 raise ModelUnavailable(
                     f"the PAT model service did not answer ({type(exc).__name__}); "
                     "metrics-only requests (options.outputs without 'pat') still work"

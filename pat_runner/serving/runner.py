@@ -20,9 +20,12 @@ import torch
 from pat_runner import telemetry
 from pat_runner.model.backends import Backend, default_cache_dir, select_backend
 from pat_runner.model.store import StoredPAT, load_stored_pat, resolve_model
+from pat_runner.serving.lifecycle import drain_after, stop_server_on_failure
 from pat_runner.settings import get_settings
 
 logger = logging.getLogger(__name__)
+# The API service (service.py) that calls this one; it must drain before this service stops.
+API_SERVICE_NAME = "pat_service"
 settings = get_settings()
 
 
@@ -80,7 +83,7 @@ def run_attention(stored: StoredPAT, windows: np.ndarray, device: str) -> np.nda
 @bentoml.service(
     name="pat_model",
     workers=settings.runner_workers,
-    traffic={"timeout": 300},
+    traffic={"timeout": 300, "max_concurrency": settings.model_max_concurrency},
     # The API service's client to this service recycles its HTTP session every 100 calls by default,
     # which drops in-flight calls under concurrency (bentoml#5540).
     runner_connection={"max_requests": 1_000_000_000, "max_age": 10.0**9},
@@ -92,23 +95,26 @@ class PATModel:
     model_ref = bentoml.models.BentoModel(settings.model_tag)
 
     def __init__(self) -> None:
-        if settings.torch_threads > 0:
-            torch.set_num_threads(settings.torch_threads)
-        self.device = pick_device(settings.device)
-        self.stored = load_stored_pat(self.model_ref, device=self.device)
-        cache_dir = (
-            Path(settings.onnx_cache_dir)
-            if settings.onnx_cache_dir
-            else default_cache_dir(resolve_model(self.model_ref).path)
-        )
-        self.backend, self.choice = select_backend(
-            self.stored.model,
-            settings.backend,
-            self.device,
-            cache_dir=cache_dir,
-            threads=settings.torch_threads or torch.get_num_threads(),
-            bench_seconds=settings.backend_bench_seconds,
-        )
+        with stop_server_on_failure("model"):
+            if settings.torch_threads > 0:
+                torch.set_num_threads(settings.torch_threads)
+            self.device = pick_device(settings.device)
+            self.stored = load_stored_pat(self.model_ref, device=self.device)
+            cache_dir = (
+                Path(settings.onnx_cache_dir)
+                if settings.onnx_cache_dir
+                else default_cache_dir(resolve_model(self.model_ref).path)
+            )
+            self.backend, self.choice = select_backend(
+                self.stored.model,
+                settings.backend,
+                self.device,
+                cache_dir=cache_dir,
+                threads=settings.torch_threads or torch.get_num_threads(),
+                bench_seconds=settings.backend_bench_seconds,
+            )
+            drain_after(API_SERVICE_NAME, settings.shutdown_grace_s)
+        telemetry.record_worker_start("model")
         telemetry.record_model_info(self.stored.info, backend=self.choice.backend, device=self.device)
         logger.info(
             "PAT model loaded",

@@ -1,0 +1,98 @@
+"""Backpressure: past capacity the API refuses quickly instead of queueing until clients time out.
+
+`ConcurrencyLimitMiddleware` counts the API requests (`/v1/…` except the cheap `GET /v1/models`) in
+progress in this worker; one more than `PAT_MAX_CONCURRENCY` is answered at once with 429 `overloaded`
+and `Retry-After: PAT_RETRY_AFTER_S`, in the error envelope, before authentication or body parsing
+cost anything. It sits inside the audit and envelope middlewares, so rejections are logged, counted
+(`pat_requests_total{status="429"}`, `pat_rejections_total{reason="concurrency"}`) and shaped like
+every other error. No state outlives a request, so the service recovers as soon as load drops.
+
+BentoML's own `traffic.max_concurrency` is not used on the API service: its middleware runs outside
+every service middleware and answers a bare `{"error": "Too many requests"}` without `Retry-After`.
+It does bound the model service's queue (`PAT_MODEL_MAX_CONCURRENCY`), where the caller is the API:
+a refused model call becomes 503 `model_overloaded` (`shed_when_model_overloaded`). Every 429 and 503
+of the API gets `Retry-After` when it has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from http import HTTPStatus
+from typing import TypeVar
+
+from bentoml.exceptions import BentoMLException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pat_runner import telemetry
+from pat_runner.errors import ModelUnavailable
+from pat_runner.serving.http import error_body, request_id_of
+
+LIMITED_PREFIX = "/v1/"
+UNLIMITED = frozenset({("GET", "/v1/models")})
+RETRY_STATUSES = (429, 503)
+
+T = TypeVar("T")
+
+
+async def shed_when_model_overloaded(call: Awaitable[T]) -> T:
+    """Await a model-service call; its 429 (queue full) becomes 503 `model_overloaded`."""
+    try:
+        return await call
+    except BentoMLException as exc:
+        if exc.error_code != HTTPStatus.TOO_MANY_REQUESTS:
+            raise
+        telemetry.record_rejection("model_queue")
+        raise ModelUnavailable(
+            "the PAT model service is at its queue limit; retry later", code="model_overloaded"
+        ) from exc
+
+
+class ConcurrencyLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, max_concurrency: int, retry_after_s: int) -> None:
+        self.app = app
+        self.max_concurrency = max_concurrency
+        self.retry_after_s = retry_after_s
+        # One event loop per worker: a plain counter is enough, no lock between await points.
+        self.in_progress = 0
+
+    def limited(self, scope: Scope) -> bool:
+        path = str(scope.get("path", "")).rstrip("/")
+        return (
+            scope["type"] == "http"
+            and path.startswith(LIMITED_PREFIX.rstrip("/"))
+            and (scope.get("method"), path) not in UNLIMITED
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.limited(scope):
+            await self.app(scope, receive, send)
+            return
+        if self.in_progress >= self.max_concurrency:
+            telemetry.record_rejection("concurrency")
+            response = JSONResponse(
+                error_body(
+                    "overloaded",
+                    f"the service is at its limit of {self.max_concurrency} concurrent requests per "
+                    f"worker; retry after {self.retry_after_s} s",
+                    request_id_of(scope),
+                ),
+                status_code=429,
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+            await response(scope, receive, send)
+            return
+        retry_after = (b"retry-after", str(self.retry_after_s).encode())
+
+        async def send_with_retry_after(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] in RETRY_STATUSES:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"retry-after" for name, _ in headers):
+                    message = {**message, "headers": [*headers, retry_after]}
+            await send(message)
+
+        self.in_progress += 1
+        try:
+            await self.app(scope, receive, send_with_retry_after)
+        finally:
+            self.in_progress -= 1
