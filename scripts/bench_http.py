@@ -33,22 +33,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pat_runner.actigraphy.synthetic import week_counts  # noqa: E402
+from pat_runner.actigraphy.synthetic import week_recording  # noqa: E402
 from pat_runner.serving.compact import encode_values  # noqa: E402
 from scripts.local_server import cache_key_env, start_server, stop_server  # noqa: E402
 
 FIXTURE_M = ROOT.parent / "shared" / "fixtures" / "pat_reference" / "PAT-M_random_seed0.h5"
-
-
-def recording(seed: int) -> dict[str, object]:
-    """One synthetic week as the API's `Recording` (no subject: the benchmark sends no identifiers)."""
-    return {
-        "start": "2024-03-04T00:00:00-05:00",
-        "timezone": "America/New_York",
-        "epoch_seconds": 60,
-        "values": week_counts(seed).tolist(),
-        "unit": "counts",
-    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -145,7 +134,7 @@ def bench_model(h5: Path | None, backend: str, args: argparse.Namespace) -> dict
     cold_start = time.perf_counter() - started
     try:
         client = httpx.Client(base_url=server.url, timeout=300)
-        bodies = [{"recording": recording(1000 + i)} for i in range(args.requests)]
+        bodies = [{"recording": week_recording(1000 + i)} for i in range(args.requests)]
         client.post("/v1/embed", json=bodies[0]).raise_for_status()
         single = []
         for body in bodies[: args.single]:
@@ -164,7 +153,7 @@ def bench_model(h5: Path | None, backend: str, args: argparse.Namespace) -> dict
         miss, hit = [], []
         for i in range(args.single):
             body = {
-                "recording": recording(5000 + i),
+                "recording": week_recording(5000 + i),
                 "options": {"outputs": ["metrics", "pat"]},
             }
             for bucket in (miss, hit):

@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pat_runner.actigraphy.synthetic import week_counts  # noqa: E402
+from pat_runner.actigraphy.synthetic import week_recording  # noqa: E402
 from pat_runner.cache.cache import ResultCache  # noqa: E402
 from pat_runner.model.backends import TorchBackend  # noqa: E402
 from pat_runner.model.store import demo_pat, ensure_demo_model, read_model_info  # noqa: E402
@@ -33,18 +33,6 @@ from pat_runner.serving.pipeline import Analyzer, to_raw  # noqa: E402
 from pat_runner.serving.runner import run_model  # noqa: E402
 from pat_runner.serving.schemas import AnalyzeOptions, Recording  # noqa: E402
 from pat_runner.settings import Settings  # noqa: E402
-
-
-def recording(seed: int) -> dict[str, object]:
-    """One synthetic week as the API's `Recording`, with a subject (FHIR output needs one)."""
-    return {
-        "start": "2024-03-04T00:00:00-05:00",
-        "timezone": "America/New_York",
-        "epoch_seconds": 60,
-        "values": week_counts(seed).tolist(),
-        "unit": "counts",
-        "subject": "Patient/profile",
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         cache=ResultCache.from_settings(settings),
         settings=settings,
     )
-    body = recording(0)
+    body = week_recording(0, subject="Patient/profile")
     if args.compact:
         values = np.array([np.nan if v is None else v for v in body.pop("values")])
         body["values_b64"] = encode_values(values)
@@ -84,7 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     # Warm-up on another recording: lazy imports and first-call allocations are not per-request costs.
     asyncio.run(
         one(
-            "warm-up", json.dumps({"recording": recording(99), "options": {"outputs": args.outputs}}).encode()
+            "warm-up",
+            json.dumps(
+                {
+                    "recording": week_recording(99, subject="Patient/profile"),
+                    "options": {"outputs": args.outputs},
+                }
+            ).encode(),
         )
     )
     for name in ("miss", "hit"):

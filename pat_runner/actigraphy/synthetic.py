@@ -43,3 +43,17 @@ def week_counts(seed: int, minutes: int = WEEK_MINUTES, *, start_hour: float = 0
     """`minutes` counts from a start at `start_hour`, on elapsed time (the clock ignores DST changes)."""
     clock_hours = (start_hour + np.arange(minutes) / 60.0) % 24
     return rest_activity_counts(clock_hours, seed)
+
+
+def week_recording(seed: int, *, subject: str | None = None) -> dict[str, object]:
+    """One synthetic week in the JSON shape of the API's `recording` (60-s counts, New York time)."""
+    recording: dict[str, object] = {
+        "start": "2024-03-04T00:00:00-05:00",
+        "timezone": "America/New_York",
+        "epoch_seconds": 60,
+        "values": week_counts(seed).tolist(),
+        "unit": "counts",
+    }
+    if subject is not None:
+        recording["subject"] = subject
+    return recording
