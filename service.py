@@ -134,7 +134,7 @@ class PATService:
         return await shed_when_model_overloaded(self.model_service.to_async.infer(windows))
 
     async def _infer_attention(self, windows: np.ndarray) -> np.ndarray:
-        return await self.model_service.to_async.infer_attention(windows)
+        return await shed_when_model_overloaded(self.model_service.to_async.infer_attention(windows))
 
     @bentoml.on_shutdown
     async def close(self) -> None:
@@ -166,7 +166,7 @@ class PATService:
                 f"{len(recordings)} recordings in one batch; the limit is {settings.max_batch_recordings}"
             )
         # The total work of the request, checked before any recording is preprocessed.
-        minutes = sum(len(r.values) * r.epoch_seconds // 60 for r in recordings)
+        minutes = sum(len(r.values_array()) * r.epoch_seconds // 60 for r in recordings)
         if minutes > settings.max_request_minutes:
             raise PayloadTooLarge(
                 f"the batch spans {minutes:,} minutes in all; the limit is {settings.max_request_minutes:,}"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from bentoml.exceptions import BentoMLException
 
+from pat_runner.serving.compact import encode_values
 from tests.factories import recording
 
 pytestmark = pytest.mark.integration
@@ -76,6 +77,16 @@ def test_embed_per_patch(pat_server, token) -> None:
     patches = np.array(window["patches"])
     assert patches.shape == (560, 96)
     np.testing.assert_allclose(patches.mean(axis=0), window["embedding"], atol=1e-5)
+
+
+def test_batch_takes_compact_recordings(pat_server, token) -> None:
+    week = recording(7, gap=None)
+    values = np.array(week.pop("values"), dtype=np.float64)
+    compact = {**week, "values_b64": encode_values(values)}
+    response = post(pat_server, "/v1/analyze/batch", token, json={"recordings": [compact]})
+    assert response.status_code == 200, response.text
+    (item,) = response.json()["results"]
+    assert item["error"] is None and item["result"]["quality"]["total_minutes"] == values.size
 
 
 def test_batch_keeps_order_and_reports_item_errors(pat_server, token) -> None:
