@@ -31,7 +31,7 @@ from pat_runner.model.store import read_model_info, read_stored_scaler
 from pat_runner.serving import routes
 from pat_runner.serving.audit import AuditMiddleware, configure_logging
 from pat_runner.serving.auth import FirebaseAuthMiddleware
-from pat_runner.serving.backpressure import ConcurrencyLimitMiddleware, shed_when_model_overloaded
+from pat_runner.serving.backpressure import ConcurrencyLimitMiddleware, call_model_service
 from pat_runner.serving.forms import FormOutputs, FormSubject, FormTimezone, forbid_unknown_fields
 from pat_runner.serving.http import (
     DocsMiddleware,
@@ -131,10 +131,10 @@ class PATService:
 
     async def _infer(self, windows: np.ndarray) -> np.ndarray:
         # The dependency's client gets its endpoints only after __init__, at server start-up.
-        return await shed_when_model_overloaded(self.model_service.to_async.infer(windows))
+        return await call_model_service(lambda: self.model_service.to_async.infer(windows))
 
     async def _infer_attention(self, windows: np.ndarray) -> np.ndarray:
-        return await shed_when_model_overloaded(self.model_service.to_async.infer_attention(windows))
+        return await call_model_service(lambda: self.model_service.to_async.infer_attention(windows))
 
     @bentoml.on_shutdown
     async def close(self) -> None:

@@ -139,6 +139,8 @@ class _Metrics:
     circuit_transitions: Counter
     batch_size: Histogram
     inference_latency: Histogram
+    worker_windows: Counter
+    model_retries: Counter
     model_info: Gauge
     model_unavailable: Counter
     worker_starts: Counter
@@ -178,6 +180,14 @@ def metrics() -> _Metrics:
         ),
         batch_size=Histogram(
             "pat_inference_batch_size", "Windows per batch sent to the PAT model.", buckets=BATCH_SIZE_BUCKETS
+        ),
+        worker_windows=Counter(
+            "pat_model_worker_windows",
+            "Week windows run by each model-service worker (shows how load spreads across workers).",
+            ["worker"],
+        ),
+        model_retries=Counter(
+            "pat_model_retries", "API→model-service calls retried once after a transport failure."
         ),
         inference_latency=Histogram(
             "pat_inference_duration_seconds",
@@ -227,10 +237,15 @@ def record_circuit_state(state: str) -> None:
     m.circuit_transitions.labels(state=state).inc()
 
 
-def record_inference(batch_size: int, seconds: float) -> None:
+def record_model_retry() -> None:
+    metrics().model_retries.inc()
+
+
+def record_inference(batch_size: int, seconds: float, *, worker: int | None = None) -> None:
     m = metrics()
     m.batch_size.observe(batch_size)
     m.inference_latency.observe(seconds)
+    m.worker_windows.labels(worker="unknown" if worker is None else str(worker)).inc(batch_size)
 
 
 def record_model_unavailable(error: str) -> None:

@@ -10,13 +10,19 @@ every other error. No state outlives a request, so the service recovers as soon 
 BentoML's own `traffic.max_concurrency` is not used on the API service: its middleware runs outside
 every service middleware and answers a bare `{"error": "Too many requests"}` without `Retry-After`.
 It does bound the model service's queue (`PAT_MODEL_MAX_CONCURRENCY`), where the caller is the API:
-a refused model call becomes 503 `model_overloaded` (`shed_when_model_overloaded`). Every 429 and 503
-of the API gets `Retry-After` when it has none.
+a refused model call becomes 503 `model_overloaded` (`call_model_service`). Every 429 and 503 of the
+API gets `Retry-After` when it has none.
+
+A model call that fails in transport (its worker died mid-call: connection reset or closed) is retried
+once; with several model workers the retry reaches a live one, so losing a worker fails no request.
+Inference is a pure function of its input, so the retry is safe. Errors the model service answered
+(4xx, 5xx) are not retried.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import TypeVar
 
@@ -35,10 +41,21 @@ RETRY_STATUSES = (429, 503)
 T = TypeVar("T")
 
 
-async def shed_when_model_overloaded(call: Awaitable[T]) -> T:
-    """Await a model-service call; its 429 (queue full) becomes 503 `model_overloaded`."""
+logger = logging.getLogger(__name__)
+
+
+async def call_model_service(call: Callable[[], Awaitable[T]]) -> T:
+    """Run a model-service call: one retry after a transport failure; its 429 (queue full) becomes
+    503 `model_overloaded`."""
     try:
-        return await call
+        try:
+            return await call()
+        except BentoMLException:
+            raise
+        except Exception as exc:
+            logger.warning("model service call failed in transport (%s); retrying once", type(exc).__name__)
+            telemetry.record_model_retry()
+            return await call()
     except BentoMLException as exc:
         if exc.error_code != HTTPStatus.TOO_MANY_REQUESTS:
             raise

@@ -135,7 +135,7 @@ class PATModel:
         """`(n, T)` float32 standardized week windows → structured records (see `output_dtype`)."""
         with telemetry.timer() as elapsed:
             records = run_model(self.backend, windows)
-        telemetry.record_inference(len(windows), elapsed.seconds)
+        telemetry.record_inference(len(windows), elapsed.seconds, worker=bentoml.server_context.worker_index)
         return records
 
     @bentoml.api(
@@ -147,7 +147,7 @@ class PATModel:
         """As `infer`, with the `attention` field (`options.outputs` with `"attention"`)."""
         with telemetry.timer() as elapsed:
             records = run_attention(self.stored, windows, self.device)
-        telemetry.record_inference(len(windows), elapsed.seconds)
+        telemetry.record_inference(len(windows), elapsed.seconds, worker=bentoml.server_context.worker_index)
         return records
 
     @bentoml.api
