@@ -14,28 +14,13 @@ import sys
 import time
 
 import httpx
-import numpy as np
 
-WEEK = 10_080
-
-
-def recording(seed: int) -> dict[str, object]:
-    """A distinct, plausible counts-per-minute week per seed (rest at night, activity by day)."""
-    rng = np.random.default_rng(seed)
-    hour = (np.arange(WEEK) / 60.0) % 24
-    counts = np.where((hour >= 7) & (hour < 23), rng.gamma(1.5, 250.0, WEEK), rng.poisson(3.0, WEEK))
-    return {
-        "start": "2024-03-04T00:00:00+00:00",
-        "timezone": "UTC",
-        "epoch_seconds": 60,
-        "values": np.round(counts).tolist(),
-        "unit": "counts",
-    }
+from pat_runner.actigraphy.synthetic import week_recording
 
 
 async def one(client: httpx.AsyncClient, url: str, seed: int) -> tuple[int, float, str]:
     started = time.perf_counter()
-    response = await client.post(f"{url}/v1/analyze", json={"recording": recording(seed)})
+    response = await client.post(f"{url}/v1/analyze", json={"recording": week_recording(seed)})
     code = response.json().get("error", {}).get("code", "") if response.status_code != 200 else ""
     return response.status_code, time.perf_counter() - started, code
 
