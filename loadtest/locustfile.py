@@ -20,8 +20,9 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 from locust import HttpUser, constant_throughput, events, task
+
+from pat_runner.actigraphy.synthetic import week_counts
 
 WEEK = 10_080
 REPEAT_POOL = 8
@@ -30,11 +31,8 @@ _seeds = itertools.count(random.SystemRandom().randrange(1, 2**31))
 
 
 def week(seed: int, minutes: int = WEEK) -> dict[str, object]:
-    """A plausible counts-per-minute week: rest 23:00-07:00, gamma-distributed activity awake."""
-    rng = np.random.default_rng(seed)
-    hour = (np.arange(minutes) / 60.0) % 24
-    awake = (hour >= 7) & (hour < 23)
-    counts = np.round(np.where(awake, rng.gamma(1.5, 250.0, minutes), rng.poisson(3.0, minutes)))
+    """A plausible counts-per-minute week (`synthetic.week_counts`), starting on a day of its own."""
+    counts = week_counts(seed, minutes)
     start = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=seed % 365)
     return {
         "start": start.isoformat(),
