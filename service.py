@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pat_runner import telemetry
-from pat_runner.actigraphy.fhir_in import FHIR_EXAMPLE, read_fhir_resource
+from pat_runner.actigraphy.fhir_in import read_fhir_resource
 from pat_runner.actigraphy.readers import NO_TIMEZONE_WARNING
 from pat_runner.actigraphy.sleep import SleepMethod, SleepPeriodAlgorithm
 from pat_runner.cache.cache import ResultCache
@@ -271,7 +271,6 @@ class PATService:
             Field(
                 description="A FHIR R4 Observation whose valueSampledData is the epoch series, or a "
                 "Bundle of them (docs/inputs.md).",
-                json_schema_extra={"example": FHIR_EXAMPLE},
             ),
         ],
         timezone: Annotated[str, Field(description="IANA time zone of the wearer.", max_length=64)],

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel
 
 from pat_runner import __version__
+from pat_runner.actigraphy.fhir_in import FHIR_EXAMPLE
 from pat_runner.serving.schemas import (
     AnalyzeResponse,
     BatchResponse,
@@ -76,6 +77,13 @@ OPERATIONS = {
         summary="Analyse an uploaded device file",
         tag=TAG_ANALYSIS,
         request_schema="AnalyzeFileForm",
+        response=AnalyzeResponse,
+    ),
+    "analyze_fhir": Operation(
+        operation_id="analyze_fhir",
+        summary="Analyse a recording stored as FHIR (Observation or Bundle)",
+        tag=TAG_ANALYSIS,
+        request_schema="AnalyzeFhirRequest",
         response=AnalyzeResponse,
     ),
     "embed": Operation(
@@ -171,11 +179,31 @@ def example_recording(minutes: int) -> dict[str, Any]:
     }
 
 
+def example_observation(recording: dict[str, Any]) -> dict[str, Any]:
+    """`recording` as the FHIR R4 Observation a health data service would store (`valueSampledData`)."""
+    data = " ".join("E" if value is None else f"{value:g}" for value in recording["values"])
+    return {
+        **FHIR_EXAMPLE,
+        "subject": {"reference": recording["subject"]},
+        "effectivePeriod": {"start": recording["start"]},
+        "valueSampledData": {
+            **FHIR_EXAMPLE["valueSampledData"],
+            "period": recording["epoch_seconds"] * 1000,
+            "data": data,
+        },
+    }
+
+
 def request_examples(settings: Settings) -> dict[str, dict[str, Any]]:
     """The documented JSON request example per operation id; each succeeds as sent."""
     recording = example_recording(settings.min_recording_minutes)
     return {
         "analyze": {"recording": recording, "options": {"outputs": ["metrics", "pat", "fhir"]}},
+        "analyze_fhir": {
+            "resource": example_observation(recording),
+            "timezone": recording["timezone"],
+            "options": {"outputs": ["metrics", "fhir"]},
+        },
         "analyze_batch": {"recordings": [recording], "options": {"outputs": ["metrics"]}},
         "embed": {"recording": recording, "options": {"per_patch": False}},
         "invalidate_cache": {"model_tag": ""},
