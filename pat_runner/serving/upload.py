@@ -55,9 +55,13 @@ class ParseMemoryExceeded(ServiceError):
     code = "parse_memory_exceeded"
 
 
-def _address_space_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+def _data_bytes() -> int:
+    """The process's private writable memory (`VmData`), what `RLIMIT_DATA` limits."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmData in /proc/self/status")
 
 
 def _parse_in_child(
@@ -65,8 +69,10 @@ def _parse_in_child(
 ) -> None:
     # Limits relative to what the child already maps (the worker's interpreter, numpy, pandas and any
     # heap the worker freed but keeps mapped, which the parse may reuse).
-    ceiling = _address_space_bytes() + budget["memory_bytes"]
-    resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
+    # RLIMIT_DATA, not RLIMIT_AS: glibc reserves address space for its per-thread arenas up front, and
+    # memory committed inside those reservations does not grow the address space (only VmData).
+    ceiling = _data_bytes() + budget["memory_bytes"]
+    resource.setrlimit(resource.RLIMIT_DATA, (ceiling, ceiling))
     resource.setrlimit(resource.RLIMIT_CPU, (budget["cpu_s"], budget["cpu_s"] + 1))
     try:
         result: tuple[str, Any] = ("ok", read_upload(Path(path), filename, **options))
