@@ -223,28 +223,8 @@ def preprocess(
     _check_missing(missing, nonwear, run_start, longest_run, grid_start, settings)
 
     starts, padded, dropped = _window_starts(total_minutes, settings)
-    if padded:
-        warnings.append(
-            f"the recording is {total_minutes:,} minutes, shorter than PAT's week of {WEEK_MINUTES:,}: "
-            f"{padded:,} minutes of padding were added at the end"
-        )
-    if dropped:
-        warnings.append(
-            f"the last {dropped:,} minutes are shorter than {settings.min_recording_minutes:,} minutes and "
-            "are not in any PAT window (the metrics use them)"
-        )
-    observed = np.concatenate([~missing, np.zeros(padded, dtype=bool)])
     gather = starts[:, None] + np.arange(WEEK_MINUTES)[None, :]
-    observed_per_window = observed[gather].sum(axis=1)
-    observed_fraction = observed_per_window / WEEK_MINUTES
-    # Padding is already reported; warn only about windows whose recorded minutes are mostly missing.
-    recorded_per_window = WEEK_MINUTES - np.maximum(starts + WEEK_MINUTES - total_minutes, 0)
-    recorded_observed = observed_per_window / recorded_per_window
-    for index in np.flatnonzero(recorded_observed < 1 - settings.max_missing_fraction):
-        warnings.append(
-            f"window {index} has only {recorded_observed[index]:.0%} observed minutes; "
-            "its PAT outputs rest on little data"
-        )
+    observed_fraction = _window_coverage(missing, starts, padded, dropped, total_minutes, settings, warnings)
 
     padded_minutes = np.concatenate([minutes, np.full(padded, np.nan)])
     standardization: Standardization = "per_recording" if scaler is None else "cohort_scaler"
@@ -281,6 +261,39 @@ def preprocess(
         warnings=warnings,
         _canonical=canonical,
     )
+
+
+def _window_coverage(
+    missing: np.ndarray,
+    starts: np.ndarray,
+    padded: int,
+    dropped: int,
+    total_minutes: int,
+    settings: Settings,
+    warnings: list[str],
+) -> np.ndarray:
+    """Observed fraction of each week window; warns about padding, a dropped tail and thin windows."""
+    if padded:
+        warnings.append(
+            f"the recording is {total_minutes:,} minutes, shorter than PAT's week of {WEEK_MINUTES:,}: "
+            f"{padded:,} minutes of padding were added at the end"
+        )
+    if dropped:
+        warnings.append(
+            f"the last {dropped:,} minutes are shorter than {settings.min_recording_minutes:,} minutes and "
+            "are not in any PAT window (the metrics use them)"
+        )
+    observed = np.concatenate([~missing, np.zeros(padded, dtype=bool)])
+    observed_per_window = observed[starts[:, None] + np.arange(WEEK_MINUTES)[None, :]].sum(axis=1)
+    # Padding is already reported; warn only about windows whose recorded minutes are mostly missing.
+    recorded_per_window = WEEK_MINUTES - np.maximum(starts + WEEK_MINUTES - total_minutes, 0)
+    recorded_observed = observed_per_window / recorded_per_window
+    for index in np.flatnonzero(recorded_observed < 1 - settings.max_missing_fraction):
+        warnings.append(
+            f"window {index} has only {recorded_observed[index]:.0%} observed minutes; "
+            "its PAT outputs rest on little data"
+        )
+    return observed_per_window / WEEK_MINUTES
 
 
 def _epoch_values(values: Sequence[float | None] | np.ndarray) -> np.ndarray:
