@@ -212,26 +212,14 @@ def preprocess(
 
     sums = _minute_sums(values, lead_epochs, per_minute, total_minutes)
     canonical = _canonical_bytes(sums, grid_start, recording, settings)
-    minutes, nonwear = _mask_nonwear(sums, settings.nonwear_zero_run_minutes)
-    if nonwear:
-        warnings.append(
-            f"{nonwear:,} minutes in runs of at least {settings.nonwear_zero_run_minutes:,} zero-count "
-            "minutes were treated as non-wear (missing)"
-        )
+    minutes, nonwear, longest_run = _mask_and_check(sums, grid_start, settings, warnings)
     missing = np.isnan(minutes)
-    run_start, longest_run = _longest_run(missing)
-    _check_missing(missing, nonwear, run_start, longest_run, grid_start, settings)
 
     starts, padded, dropped = _window_starts(total_minutes, settings)
     gather = starts[:, None] + np.arange(WEEK_MINUTES)[None, :]
     observed_fraction = _window_coverage(missing, starts, padded, dropped, total_minutes, settings, warnings)
 
-    padded_minutes = np.concatenate([minutes, np.full(padded, np.nan)])
-    standardization: Standardization = "per_recording" if scaler is None else "cohort_scaler"
-    if scaler is None:
-        windows = _zscore(padded_minutes, missing, warnings)[gather]
-    else:
-        windows = _apply_cohort_scaler(padded_minutes[gather], scaler)
+    windows, standardization = _standardized_windows(minutes, missing, padded, gather, scaler, warnings)
 
     grid_end = grid_start + timedelta(minutes=total_minutes)
     quality = QualityReport(
@@ -261,6 +249,38 @@ def preprocess(
         warnings=warnings,
         _canonical=canonical,
     )
+
+
+def _mask_and_check(
+    sums: np.ndarray, grid_start: datetime, settings: Settings, warnings: list[str]
+) -> tuple[np.ndarray, int, int]:
+    """Minutes with day-long zero runs masked as non-wear, after checking what is left is enough:
+    (minutes, non-wear minutes, longest missing run)."""
+    minutes, nonwear = _mask_nonwear(sums, settings.nonwear_zero_run_minutes)
+    if nonwear:
+        warnings.append(
+            f"{nonwear:,} minutes in runs of at least {settings.nonwear_zero_run_minutes:,} zero-count "
+            "minutes were treated as non-wear (missing)"
+        )
+    missing = np.isnan(minutes)
+    run_start, longest_run = _longest_run(missing)
+    _check_missing(missing, nonwear, run_start, longest_run, grid_start, settings)
+    return minutes, nonwear, longest_run
+
+
+def _standardized_windows(
+    minutes: np.ndarray,
+    missing: np.ndarray,
+    padded: int,
+    gather: np.ndarray,
+    scaler: tuple[np.ndarray, np.ndarray] | None,
+    warnings: list[str],
+) -> tuple[np.ndarray, Standardization]:
+    """The week windows, z-scored per recording or with the model's cohort scaler."""
+    padded_minutes = np.concatenate([minutes, np.full(padded, np.nan)])
+    if scaler is None:
+        return _zscore(padded_minutes, missing, warnings)[gather], "per_recording"
+    return _apply_cohort_scaler(padded_minutes[gather], scaler), "cohort_scaler"
 
 
 def _window_coverage(
