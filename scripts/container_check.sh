@@ -121,8 +121,10 @@ build_seconds=$(($(date +%s) - build_start))
 # /tmp tmpfs; the Bento and its models stay read-only under /home/bentoml/bento.
 free_port() { "$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
 now() { "$PY" -c "import time; print(time.time())"; }
+# PAT_BACKEND=torch: the fp32 reference path, so the served result can equal the in-process one exactly
+# (the image's default, `auto`, may pick a faster backend within the accuracy gate).
 RUN_OPTS=(--init --network host --read-only --tmpfs /tmp -e BENTOML_HOME=/tmp/bentoml -e PAT_HOST=127.0.0.1
-    -e PAT_AUTH=disabled -e PAT_PROTECT_DOCS=false)
+    -e PAT_AUTH=disabled -e PAT_PROTECT_DOCS=false -e PAT_BACKEND=torch)
 port=$(free_port)
 log "podman run --init --network host --read-only on 127.0.0.1:$port"
 run_start=$(now)

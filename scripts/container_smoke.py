@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -26,14 +27,17 @@ sys.path.insert(0, str(ROOT))
 
 from pat_runner.cache.cache import ResultCache  # noqa: E402
 from pat_runner.model import WEEK_MINUTES  # noqa: E402
-from pat_runner.model.store import load_stored_pat  # noqa: E402
-from pat_runner.serving.pipeline import Analyzer, served_model  # noqa: E402
+from pat_runner.model.backends import TorchBackend  # noqa: E402
+from pat_runner.model.store import load_stored_pat, read_model_info, read_stored_scaler  # noqa: E402
+from pat_runner.serving.pipeline import Analyzer, to_raw  # noqa: E402
 from pat_runner.serving.runner import run_model  # noqa: E402
 from pat_runner.serving.schemas import AnalyzeOptions, Recording  # noqa: E402
 from pat_runner.settings import Settings  # noqa: E402
 
 REQUEST_ID = "container-check-0001"
 VOLATILE = {("cache",), ("fhir", "timestamp")}
+# FHIR resource ids are random per Bundle (never derived from request ids): compared as placeholders.
+RESOURCE_ID = re.compile(r"urn:uuid:[0-9a-f-]{36}")
 
 
 def week_recording(seed: int = 13) -> dict[str, Any]:
@@ -79,21 +83,26 @@ def wait_ready(url: str, started: float, timeout_s: float, container: str | None
 
 def in_process(body: dict[str, Any], tag: str) -> dict[str, Any]:
     settings = Settings().replace(redis_url="", cache_keys="", cache_hmac_key="")
-    stored = load_stored_pat(tag)
+    # The container serves with PAT_BACKEND=torch (container_check.sh): the fp32 reference path here too.
+    backend = TorchBackend(load_stored_pat(tag).model, "cpu")
 
     async def infer(windows: np.ndarray) -> np.ndarray:
-        return run_model(stored, windows, "cpu")
+        return run_model(backend, windows)
 
     analyzer = Analyzer(
-        model=served_model(tag), infer=infer, cache=ResultCache.from_settings(settings), settings=settings
+        model=read_model_info(tag),
+        scaler=read_stored_scaler(tag),
+        infer=infer,
+        cache=ResultCache.from_settings(settings),
+        settings=settings,
     )
     recording = Recording.model_validate_json(json.dumps(body))
-    result = asyncio.run(analyzer.analyze(recording, AnalyzeOptions(), request_id=REQUEST_ID, audit={}))
-    return result.model_dump(mode="json")
+    analysis = asyncio.run(analyzer.analyze(to_raw(recording), AnalyzeOptions(), request_id=REQUEST_ID))
+    return analysis.response.model_dump(mode="json")
 
 
 def without_volatile(document: dict[str, Any]) -> dict[str, Any]:
-    out = json.loads(json.dumps(document))
+    out = json.loads(RESOURCE_ID.sub("urn:uuid:*", json.dumps(document)))
     for path in VOLATILE:
         node = out
         for key in path[:-1]:
