@@ -56,7 +56,11 @@ def main() -> None:
     )
 
     def child() -> None:
-        asyncio.run(parse_upload(data, "x.agd", timezone="UTC", settings=settings, max_epochs=483_840))
+        asyncio.run(
+            parse_upload(
+                AGD, "x.agd", timezone="UTC", recording_start="", settings=settings, max_epochs=483_840
+            )
+        )
 
     started = time.perf_counter()
     for _ in range(5):
