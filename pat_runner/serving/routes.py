@@ -55,11 +55,17 @@ DOCS_ASSETS_RULE = Rule(ROLES, protected_by="protect_docs")
 DEFAULT_RULE = Rule(ROLES)
 
 
+#: The model service's own routes (`serving/runner.py`), only ever called by the API service: named in
+#: its access log and metrics like the API's routes, never in the API's policy table.
+MODEL_SERVICE_ROUTES = frozenset({"/infer", "/infer_attention", "/info"})
+
+
 def endpoint_label(path: str) -> str:
-    """The policy entry a path falls under: the table key, the docs-assets prefix, or `other`. Used
-    wherever a path is recorded, so an arbitrary client-chosen path never reaches a log."""
+    """The policy entry a path falls under: the table key, a model-service route, the docs-assets
+    prefix, or `other`. Used wherever a path is recorded, so an arbitrary client-chosen path never
+    reaches a log."""
     normalized = path.rstrip("/") or "/"
-    if normalized in ENDPOINT_POLICY:
+    if normalized in ENDPOINT_POLICY or normalized in MODEL_SERVICE_ROUTES:
         return normalized
     if path.startswith(DOCS_ASSETS_PREFIX):
         return DOCS_ASSETS_PREFIX + "*"
