@@ -153,7 +153,7 @@ podman run -d "${RUN_OPTS[@]}" --name "$API_CONTAINER" -e BENTOML_SERVE_DEPENDS=
 "$PY" scripts/container_smoke.py --url "http://127.0.0.1:$api_port" --started "$run_start" \
     --container "$API_CONTAINER" --facts "$WORK/facts-split.json" \
     || { podman logs "$API_CONTAINER" 2>&1 | tail -n 40; podman logs "$MODEL_CONTAINER" 2>&1 | tail -n 40; exit 1; }
-podman logs "$MODEL_CONTAINER" 2>&1 | grep -q 'POST /infer' \
+podman logs "$MODEL_CONTAINER" 2>&1 | grep -Eq 'POST /infer|method=POST,path=/infer' \
     || { echo "the API container did not call the model container"; exit 1; }
 
 log "scanning $IMAGE for key material"
