@@ -120,4 +120,10 @@ def test_attention_path_gives_the_same_embeddings_over_http(pat_server, token) -
     assert plain.status_code == explained.status_code == 200, explained.text
     fast, slow = plain.json()["pat"]["windows"][0], explained.json()["pat"]["windows"][0]
     assert fast["attention"] == [] and len(slow["attention"]) == 10_080
-    np.testing.assert_allclose(slow["embedding"], fast["embedding"], atol=2e-5)
+    # Attention always comes from the fp32 reference path; the fast path is whichever backend passed
+    # the accuracy gate at start-up (cosine ≥ 0.9999 per window), exact only when it is torch itself.
+    if plain.json()["model"]["backend"] == "torch":
+        np.testing.assert_allclose(slow["embedding"], fast["embedding"], atol=2e-5)
+    else:
+        a, b = np.asarray(slow["embedding"]), np.asarray(fast["embedding"])
+        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) >= 0.9999

@@ -1,6 +1,6 @@
-"""Two model-service workers behind one API service: load spreads across both (per-worker counters),
-and killing one mid-traffic fails no request (a call lost in transport is retried once, reaching the
-worker still alive)."""
+"""Two model-service workers behind one API service: killing them under load, one after the other,
+fails no request (a call lost in transport is retried once and reaches a live or restarted worker);
+the per-worker counter shows which workers served."""
 
 from __future__ import annotations
 
@@ -74,19 +74,10 @@ def run_load(
     return statuses
 
 
-def test_requests_spread_across_both_model_workers(server: Server, tokens: dict[str, str]) -> None:
-    assert len(server.worker_pids("pat_model")) == 2
-    stop = threading.Event()
-    timer = threading.Timer(8.0, stop.set)
-    timer.start()
-    statuses = run_load(server, tokens["service"], threads=6, first_seed=40_000, stop=stop)
-    assert statuses and set(statuses) == {200}
-    served = worker_windows(server)
-    assert len([w for w, windows in served.items() if windows > 0]) == 2, served
-
-
-def test_killing_one_model_worker_fails_no_request(server: Server, tokens: dict[str, str]) -> None:
-    victim = server.worker_pids("pat_model")[0]
+def test_killing_model_workers_under_load_fails_no_request(server: Server, tokens: dict[str, str]) -> None:
+    # Which worker holds the API's connections is the kernel's choice, so each is killed in turn, the
+    # second once the first is back: at least one kill hits calls in flight.
+    first, second = server.worker_pids("pat_model")
     stop = threading.Event()
     statuses: list[int] = []
     loader = threading.Thread(
@@ -97,10 +88,13 @@ def test_killing_one_model_worker_fails_no_request(server: Server, tokens: dict[
     loader.start()
     try:
         time.sleep(2.0)
-        os.kill(victim, signal.SIGKILL)
-        time.sleep(4.0)
+        os.kill(first, signal.SIGKILL)
+        time.sleep(5.0)
+        os.kill(second, signal.SIGKILL)
+        time.sleep(5.0)
     finally:
         stop.set()
         loader.join()
     assert statuses and set(statuses) == {200}, sorted(set(statuses))
     assert analyze(server, tokens["service"], 99_999).status_code == 200
+    assert sum(worker_windows(server).values()) > 0
