@@ -43,7 +43,7 @@ def server(
             "PAT_RETRY_AFTER_S": str(RETRY_AFTER_S),
             "PAT_PROTECT_METRICS": "false",
         },
-        # What deploy/deployment.yaml passes: drain within Kubernetes' 30 s before SIGKILL.
+        # Drain within Kubernetes' default 30 s grace period before SIGKILL (single-container layout).
         serve_args=["--timeout-graceful-shutdown", str(GRACE_S)],
     )
     yield running
