@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from pat_runner.actigraphy.metrics import actigraphy_metrics  # noqa: E402
 from pat_runner.actigraphy.preprocess import preprocess  # noqa: E402
-from pat_runner.actigraphy.readers import read_recording_file  # noqa: E402
+from pat_runner.actigraphy.uploads import read_upload  # noqa: E402
 from pat_runner.errors import InvalidInput  # noqa: E402
 from pat_runner.settings import Settings  # noqa: E402
 
@@ -34,12 +34,14 @@ def _value(value: object) -> str:
 
 
 def table(path: Path, zone: str, sleep: str, settings: Settings) -> list[str]:
-    raw = read_recording_file(
-        path.read_bytes(),
+    # The service's upload dispatch: every device format it accepts, with the same limits.
+    raw = read_upload(
+        path,
         path.name,
         timezone=zone,
-        max_bytes=settings.max_upload_bytes,
-        max_minutes=settings.max_recording_minutes,
+        recording_start="",
+        settings=settings,
+        max_epochs=settings.max_recording_minutes * 60,
     )
     try:
         pre = preprocess(raw, settings=settings)

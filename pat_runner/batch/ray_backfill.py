@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pat_runner.actigraphy.readers import read_recording_file
+from pat_runner.actigraphy.uploads import read_upload
 from pat_runner.batch.cohort import (
     REQUIRED_COLUMNS,
     ModelContext,
@@ -99,12 +99,14 @@ def _rows(batch: dict[str, np.ndarray]) -> Iterable[dict[str, Any]]:
 def read_device_file(row: dict[str, Any], *, timezone: str, settings: Settings) -> dict[str, Any]:
     """A directory entry → an input row (recording id = file name without extension)."""
     path = Path(row["path"])
-    raw = read_recording_file(
-        path.read_bytes(),
+    # The service's upload dispatch: every device format it accepts, with the same limits.
+    raw = read_upload(
+        path,
         path.name,
         timezone=timezone,
-        max_bytes=settings.max_upload_bytes,
-        max_minutes=settings.max_recording_minutes,
+        recording_start="",
+        settings=settings,
+        max_epochs=settings.max_recording_minutes * 60,
     )
     return {
         "recording_id": path.stem,
