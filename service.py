@@ -291,6 +291,17 @@ class PATService:
         _audit(ctx, analysis.facts)
         return analysis.response
 
+    if settings.bench_floor:
+
+        @bentoml.api(route=routes.BENCH_FLOOR)
+        @enveloped
+        async def bench_floor(
+            self, ctx: bentoml.Context, recording: Recording, options: AnalyzeOptions = DEFAULT_ANALYZE
+        ) -> dict[str, int]:
+            """BentoML's floor, for benchmarks only (`PAT_BENCH_FLOOR=true`): the body of an analyze
+            request through the same middlewares, parsing and validation, answered without analysis."""
+            return {"values": len(recording.values_array())}
+
     @bentoml.api(route=routes.CACHE_INVALIDATE)
     @enveloped
     async def invalidate_cache(

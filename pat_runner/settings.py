@@ -140,6 +140,10 @@ class Settings(BaseSettings):
     # logging
     log_level: str = Field("INFO")
 
+    # benchmarking: `POST /v1/bench/floor` parses and validates an analyze request and answers without
+    # analysing it, so scripts/bench_http.py can measure BentoML's own cost next to a cache hit
+    bench_floor: bool = Field(False)
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.min_recording_minutes > self.max_recording_minutes:

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import copy
+import uuid
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from pydantic import ValidationError
 
-from pat_runner.actigraphy.fhir import CODE_SYSTEM, DEMO_TAG, OWN_CODES, build_bundle
+from pat_runner.actigraphy.fhir import (
+    CODE_SYSTEM,
+    DEMO_TAG,
+    OWN_CODES,
+    assemble_bundle,
+    build_bundle,
+    metric_observations,
+)
 from pat_runner.actigraphy.metrics import ActigraphyMetrics, actigraphy_metrics
 from pat_runner.model import WEEK_MINUTES
 from pat_runner.serving.schemas import DeviceInfo
@@ -166,3 +176,48 @@ def test_steps_recording_has_only_rhythm_observations() -> None:
 def test_naive_period_is_rejected(series: pd.Series, metrics: ActigraphyMetrics) -> None:
     with pytest.raises(ValueError, match="offset"):
         bundle_for(metrics, series, period_start=datetime(2024, 3, 6))
+
+
+def test_one_computation_serves_requests_for_different_subjects(
+    series: pd.Series, metrics: ActigraphyMetrics
+) -> None:
+    period = {
+        "period_start": series.index[0].to_pydatetime(),
+        "period_end": (series.index[-1] + pd.Timedelta(minutes=1)).to_pydatetime(),
+    }
+    observations = metric_observations(metrics, **period)
+    pristine = copy.deepcopy(observations)
+    device = DeviceInfo(manufacturer="ActiGraph", model="GT3X+").model_dump()
+    bundles = [
+        assemble_bundle(
+            observations,
+            subject=subject,
+            model=model_info(tag="pat-m:20240301", size="M", demo=False),
+            probability=0.3,
+            head_task="depression",
+            device=device,
+            request_id=f"req-{i}",
+            **period,
+        )
+        for i, subject in enumerate(["Patient/1", "Patient/2", None])
+    ]
+    # Every assembled Bundle is valid as a whole, though only the request's parts were validated.
+    for bundle in bundles:
+        Bundle.model_validate(bundle)
+    assert {o["subject"]["reference"] for o in resources(bundles[0], "Observation")} == {"Patient/1"}
+    assert {o["subject"]["reference"] for o in resources(bundles[1], "Observation")} == {"Patient/2"}
+    assert all("subject" not in o for o in resources(bundles[2], "Observation"))
+    # The cached Observations are shared by concurrent requests: assembling never changes them.
+    assert observations == pristine
+    assert all("subject" not in o and "device" not in o for o in observations)
+    # Resource ids are fresh random UUIDs, unique within and across Bundles.
+    urls = [e["fullUrl"] for bundle in bundles for e in bundle["entry"]]
+    assert len(set(urls)) == len(urls)
+    assert all(uuid.UUID(url.removeprefix("urn:uuid:")).version == 4 for url in urls)
+
+
+def test_request_parts_are_validated_when_assembled(series: pd.Series, metrics: ActigraphyMetrics) -> None:
+    with pytest.raises(ValidationError):
+        bundle_for(metrics, series, subject="")
+    with pytest.raises(ValidationError):
+        bundle_for(metrics, series, request_id="")

@@ -16,12 +16,16 @@ LOINC codes could not be verified (wake after sleep onset, number of awakenings)
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Mapping
+import secrets
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.device import Device
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.reference import Reference
+from fhir.resources.R4B.riskassessment import RiskAssessment
 from pydantic import BaseModel
 
 from pat_runner.actigraphy.metrics import ActigraphyMetrics, DayActivity, NightSleep
@@ -40,8 +44,6 @@ DEMO_TAG = {
     "code": "demo-model",
     "display": "Produced by the randomly initialised demo PAT model; not for clinical use",
 }
-# Fixed namespace so the same request always yields the same resource ids (urn:uuid fullUrls).
-_ID_NAMESPACE = uuid.UUID("3b8f2c0e-6a47-5f1d-9a3e-6c1f4d2b7e90")
 
 
 class Coded(BaseModel):
@@ -127,58 +129,52 @@ def _period(start: datetime, end: datetime) -> dict[str, str]:
     return {"start": _utc(start), "end": _utc(end)}
 
 
-class _BundleWriter:
-    def __init__(self, *, subject: str | None, device_url: str | None) -> None:
-        self.subject = subject
-        self.device_url = device_url
-        # Resource ids are the server's own, fresh per Bundle: a client-chosen request id must not
-        # decide them (two patients sent with one X-Request-ID would share urn:uuids).
-        self.seed = uuid.uuid4().hex
-        self.entries: list[dict[str, Any]] = []
+Entry = dict[str, Any]
 
-    def full_url(self, key: str) -> str:
-        return f"urn:uuid:{uuid.uuid5(_ID_NAMESPACE, f'{self.seed}/{key}')}"
 
-    def add(self, key: str, resource: dict[str, Any]) -> str:
-        url = self.full_url(key)
-        self.entries.append({"fullUrl": url, "resource": resource})
-        return url
+def _fresh_urls(count: int) -> Iterator[str]:
+    """`count` random (version 4) `urn:uuid:` fullUrls from one read of the system's random source;
+    formatted directly because building ~60 `uuid.UUID` objects per request is a visible cost."""
+    random = bytearray(secrets.token_bytes(16 * count))
+    for start in range(0, 16 * count, 16):
+        random[start + 6] = (random[start + 6] & 0x0F) | 0x40  # version 4
+        random[start + 8] = (random[start + 8] & 0x3F) | 0x80  # RFC 9562 variant
+    text = random.hex()
+    for start in range(0, 32 * count, 32):
+        h = text[start : start + 32]
+        yield f"urn:uuid:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
-    def observation(
-        self, metric: str, period: dict[str, str], value: float | None, *, reason: str | None = None
-    ) -> dict[str, Any]:
-        coded = CODES[metric]
-        resource: dict[str, Any] = {
-            "resourceType": "Observation",
-            "status": "final",
-            "category": [
-                {"coding": [{"system": OBSERVATION_CATEGORY, "code": "activity", "display": "Activity"}]}
-            ],
-            "code": {
-                "coding": [{"system": coded.system, "code": coded.code, "display": coded.display}],
-                "text": coded.display,
-            },
-            "effectivePeriod": period,
+
+def _observation(
+    metric: str, period: dict[str, str], value: float | None, *, reason: str | None = None
+) -> dict[str, Any]:
+    """One Observation without the request's subject and device references (see `assemble_bundle`)."""
+    coded = CODES[metric]
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [
+            {"coding": [{"system": OBSERVATION_CATEGORY, "code": "activity", "display": "Activity"}]}
+        ],
+        "code": {
+            "coding": [{"system": coded.system, "code": coded.code, "display": coded.display}],
+            "text": coded.display,
+        },
+        "effectivePeriod": period,
+    }
+    if value is None:
+        resource["dataAbsentReason"] = {
+            "coding": [{"system": DATA_ABSENT_REASON, "code": "not-performed", "display": "Not Performed"}],
+            "text": reason or "not computed",
         }
-        if self.subject is not None:
-            resource["subject"] = {"reference": self.subject}
-        if self.device_url is not None:
-            resource["device"] = {"reference": self.device_url}
-        if value is None:
-            resource["dataAbsentReason"] = {
-                "coding": [
-                    {"system": DATA_ABSENT_REASON, "code": "not-performed", "display": "Not Performed"}
-                ],
-                "text": reason or "not computed",
-            }
-        else:
-            resource["valueQuantity"] = {
-                "value": value,
-                "unit": coded.unit_display,
-                "system": UCUM,
-                "code": coded.unit,
-            }
-        return resource
+    else:
+        resource["valueQuantity"] = {
+            "value": value,
+            "unit": coded.unit_display,
+            "system": UCUM,
+            "code": coded.unit,
+        }
+    return resource
 
 
 def _onset_component(name: str, onset: str) -> dict[str, Any]:
@@ -189,39 +185,37 @@ def _onset_component(name: str, onset: str) -> dict[str, Any]:
     }
 
 
-def _recording_observations(
-    writer: _BundleWriter, metrics: ActigraphyMetrics, period: dict[str, str]
-) -> None:
+def _recording_observations(entries: list[Entry], metrics: ActigraphyMetrics, period: dict[str, str]) -> None:
     for metric in RECORDING_METRICS:
         value = getattr(metrics, metric)
-        resource = writer.observation(metric, period, value, reason=metrics.reasons.get(metric))
+        resource = _observation(metric, period, value, reason=metrics.reasons.get(metric))
         if metric in ("l5", "m10") and "valueQuantity" in resource:
             unit = ACTIVITY_RATE_UNITS.get(metrics.unit, ACTIVITY_RATE_UNITS["other"])
             resource["valueQuantity"].update(code=unit, unit=unit.replace("{", "").replace("}", ""))
         onset = getattr(metrics, f"{metric}_onset", None)
         if onset is not None:
             resource["component"] = [_onset_component(metric, onset)]
-        writer.add(f"recording/{metric}", resource)
+        entries.append(resource)
 
 
-def _night_observations(writer: _BundleWriter, night: NightSleep, method: str) -> None:
+def _night_observations(entries: list[Entry], night: NightSleep, method: str) -> None:
     if night.sleep_onset is None or night.sleep_offset is None:
         return
     period = _period(night.sleep_onset, night.sleep_offset)
     for metric in NIGHT_METRICS:
-        resource = writer.observation(metric, period, getattr(night, metric))
+        resource = _observation(metric, period, getattr(night, metric))
         resource["method"] = {"text": method}
-        writer.add(f"night/{night.night_of.isoformat()}/{metric}", resource)
+        entries.append(resource)
 
 
-def _day_observations(writer: _BundleWriter, day: DayActivity) -> None:
+def _day_observations(entries: list[Entry], day: DayActivity) -> None:
     if not day.valid or day.sedentary_minutes is None:
         return
     period = _period(day.start, day.end)
     for metric in DAY_METRICS:
-        resource = writer.observation(metric, period, getattr(day, metric))
+        resource = _observation(metric, period, getattr(day, metric))
         resource["method"] = {"text": "NHANES count cut-points (Troiano et al. 2008)"}
-        writer.add(f"day/{day.date.isoformat()}/{metric}", resource)
+        entries.append(resource)
 
 
 def _device_resource(device: Mapping[str, str | None], subject: str | None) -> dict[str, Any]:
@@ -263,6 +257,94 @@ def _risk_assessment(
     return resource
 
 
+def metric_observations(
+    metrics: ActigraphyMetrics, *, period_start: datetime, period_end: datetime
+) -> list[Entry]:
+    """The part of a Bundle that depends only on the computation: every Observation of one analysis,
+    without the request's subject and device, each validated as an R4 `Observation`.
+
+    Validating a week's ~60 Observations costs ~20 ms, most of a cache hit's time, so the pipeline
+    computes this once, with the metrics, and caches it with them; `assemble_bundle` then validates
+    only what each request adds. Raises ValueError for a naive period and pydantic's ValidationError
+    for an invalid Observation.
+    """
+    entries: list[Entry] = []
+    _recording_observations(entries, metrics, _period(period_start, period_end))
+    for night in metrics.nights:
+        _night_observations(entries, night, sleep_method_text(metrics))
+    for day in metrics.days:
+        _day_observations(entries, day)
+    for resource in entries:
+        Observation.model_validate(resource)
+    return entries
+
+
+def assemble_bundle(
+    observations: list[Entry],
+    *,
+    subject: str | None,
+    model: ModelInfo,
+    period_start: datetime,
+    period_end: datetime,
+    probability: float | None = None,
+    head_task: str | None = None,
+    device: Mapping[str, str | None] | None = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """FHIR R4 `Bundle` (collection) JSON of one analysis for one request, from `metric_observations`.
+
+    The request's parts are validated here with `fhir.resources.R4B`: the subject reference, the
+    `Device`, the `RiskAssessment` and the Bundle's own fields. Adding a valid reference to a valid
+    Observation keeps it valid, so the whole Bundle is valid without validating the Observations again
+    (`tests/test_fhir.py` validates whole Bundles to hold this). The Observations are not modified:
+    one cached computation serves concurrent requests for different subjects.
+
+    A `RiskAssessment` is added only when a head's probability, its task and a `subject` are all
+    given: R4 requires `RiskAssessment.subject`, and an unidentified wearer is not invented.
+    Raises ValueError for a probability outside 0–1 and pydantic's ValidationError for an invalid part.
+    """
+    if probability is not None and not 0.0 <= probability <= 1.0:
+        raise ValueError(f"probability must be within 0–1, got {probability}")
+    # Resource ids are the server's own, random per Bundle: a client-chosen request id must not decide
+    # them (two patients sent with one X-Request-ID would share urn:uuids).
+    urls = _fresh_urls(len(observations) + 2)
+    entries: list[Entry] = []
+    references: dict[str, dict[str, str]] = {}
+    if subject is not None:
+        references["subject"] = {"reference": subject}
+        Reference.model_validate(references["subject"])
+    if device is not None and any(device.get(k) for k in ("manufacturer", "model", "serial")):
+        resource = _device_resource(device, subject)
+        Device.model_validate(resource)
+        entries.append({"fullUrl": next(urls), "resource": resource})
+        references["device"] = {"reference": entries[0]["fullUrl"]}
+    entries.extend(
+        {"fullUrl": next(urls), "resource": {**resource, **references}} for resource in observations
+    )
+    if probability is not None and head_task is not None and subject is not None:
+        risk = _risk_assessment(
+            subject=subject,
+            model=model,
+            head_task=head_task,
+            probability=probability,
+            period=_period(period_start, period_end),
+        )
+        RiskAssessment.model_validate(risk)
+        entries.append({"fullUrl": next(urls), "resource": risk})
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": datetime.now(UTC).isoformat(),
+    }
+    if request_id is not None:
+        bundle["identifier"] = {"system": REQUEST_ID_SYSTEM, "value": request_id}
+    if model.demo:
+        bundle["meta"] = {"tag": [DEMO_TAG]}
+    Bundle.model_validate(bundle)
+    bundle["entry"] = entries
+    return bundle
+
+
 def build_bundle(
     metrics: ActigraphyMetrics,
     *,
@@ -275,44 +357,15 @@ def build_bundle(
     device: Mapping[str, str | None] | None = None,
     request_id: str | None = None,
 ) -> dict[str, Any]:
-    """FHIR R4 `Bundle` (collection) JSON of one analysis, validated with `fhir.resources.R4B`.
-
-    A `RiskAssessment` is added only when a head's probability, its task and a `subject` are all
-    given: R4 requires `RiskAssessment.subject`, and an unidentified wearer is not invented.
-    Raises ValueError for a probability outside 0–1 and pydantic's ValidationError for an invalid
-    Bundle.
-    """
-    if probability is not None and not 0.0 <= probability <= 1.0:
-        raise ValueError(f"probability must be within 0–1, got {probability}")
-    writer = _BundleWriter(subject=subject, device_url=None)
-    if device is not None and any(device.get(k) for k in ("manufacturer", "model", "serial")):
-        writer.device_url = writer.add("device", _device_resource(device, subject))
-    recording_period = _period(period_start, period_end)
-    _recording_observations(writer, metrics, recording_period)
-    for night in metrics.nights:
-        _night_observations(writer, night, sleep_method_text(metrics))
-    for day in metrics.days:
-        _day_observations(writer, day)
-    if probability is not None and head_task is not None and subject is not None:
-        writer.add(
-            "risk",
-            _risk_assessment(
-                subject=subject,
-                model=model,
-                head_task=head_task,
-                probability=probability,
-                period=recording_period,
-            ),
-        )
-    bundle: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "timestamp": datetime.now(UTC).isoformat(),
-        "entry": writer.entries,
-    }
-    if request_id is not None:
-        bundle["identifier"] = {"system": REQUEST_ID_SYSTEM, "value": request_id}
-    if model.demo:
-        bundle["meta"] = {"tag": [DEMO_TAG]}
-    Bundle.model_validate(bundle)
-    return bundle
+    """FHIR R4 `Bundle` of one analysis in one step: `metric_observations` then `assemble_bundle`."""
+    return assemble_bundle(
+        metric_observations(metrics, period_start=period_start, period_end=period_end),
+        subject=subject,
+        model=model,
+        period_start=period_start,
+        period_end=period_end,
+        probability=probability,
+        head_task=head_task,
+        device=device,
+        request_id=request_id,
+    )

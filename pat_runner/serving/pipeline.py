@@ -20,7 +20,7 @@ import anyio.to_thread
 import numpy as np
 
 from pat_runner import telemetry
-from pat_runner.actigraphy.fhir import build_bundle
+from pat_runner.actigraphy.fhir import assemble_bundle, metric_observations
 from pat_runner.actigraphy.metrics import actigraphy_metrics
 from pat_runner.actigraphy.preprocess import PIPELINE_VERSION, Preprocessed, RawRecording, preprocess
 from pat_runner.actigraphy.wear import NonwearAlgorithm
@@ -94,6 +94,8 @@ class Plan:
                     f"nonwear_algorithm={self.nonwear_algorithm}",
                 }
             )
+        if self.fhir:
+            options.add("fhir")
         if self.pat:
             options.add("pat")
         if self.attention:
@@ -218,7 +220,7 @@ class Analyzer:
         return PatOutput(standardization=pre.quality.standardization, windows=windows), backend
 
     async def _compute(self, pre: Preprocessed, raw: RawRecording, plan: Plan) -> ComputedResult:
-        metrics = None
+        metrics, observations = None, None
         if plan.metrics:
             with telemetry.span("metrics", minutes=len(pre.minutes)):
                 metrics = await anyio.to_thread.run_sync(
@@ -231,11 +233,24 @@ class Analyzer:
                         min_night_coverage=self.settings.min_night_coverage,
                     )
                 )
+        if plan.fhir:
+            assert metrics is not None, "a plan with FHIR always computes the metrics"
+            with telemetry.span("format"):
+                observations = await anyio.to_thread.run_sync(
+                    lambda: metric_observations(
+                        metrics, period_start=pre.quality.start, period_end=pre.quality.end
+                    )
+                )
         pat, backend = (
             await self.run_pat(pre, per_patch=False, attention=plan.attention) if plan.pat else (None, None)
         )
         return ComputedResult(
-            quality=pre.quality, metrics=metrics, pat=pat, warnings=list(pre.warnings), backend=backend
+            quality=pre.quality,
+            metrics=metrics,
+            pat=pat,
+            fhir_observations=observations,
+            warnings=list(pre.warnings),
+            backend=backend,
         )
 
     async def analyze(self, raw: RawRecording, options: AnalyzeOptions, *, request_id: str) -> Analysis:
@@ -275,13 +290,13 @@ class Analyzer:
         if computed.pat and self.model.head_task:
             probabilities = [w.probability for w in computed.pat.windows if w.probability is not None]
             probability = float(np.mean(probabilities)) if probabilities else None
-        assert computed.metrics is not None, "a plan with FHIR always computes the metrics"
-        return build_bundle(
-            computed.metrics,
-            period_start=computed.quality.start,
-            period_end=computed.quality.end,
+        assert computed.fhir_observations is not None, "a plan with FHIR computes its Observations"
+        return assemble_bundle(
+            computed.fhir_observations,
             subject=raw.subject,
             model=self.model,
+            period_start=computed.quality.start,
+            period_end=computed.quality.end,
             probability=probability,
             head_task=self.model.head_task,
             device=raw.device,

@@ -21,6 +21,8 @@ ANALYZE_FILE = "/v1/analyze/file"
 ANALYZE_FHIR = "/v1/analyze/fhir"
 MODELS = "/v1/models"
 CACHE_INVALIDATE = "/v1/cache/invalidate"
+# Only served with PAT_BENCH_FLOOR=true (scripts/bench_http.py).
+BENCH_FLOOR = "/v1/bench/floor"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ ENDPOINT_POLICY: dict[str, Rule] = {
     ANALYZE_FHIR: Rule(ROLES),
     MODELS: Rule(ROLES),
     CACHE_INVALIDATE: Rule(ADMIN_ONLY),
+    BENCH_FLOOR: Rule(ROLES),
     "/metrics": Rule(MONITORING, protected_by="protect_metrics"),
     "/": Rule(ROLES, protected_by="protect_docs"),
     "/docs.json": Rule(ROLES, protected_by="protect_docs"),
