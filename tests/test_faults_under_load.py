@@ -180,3 +180,23 @@ def test_sigterm_mid_request_lets_the_request_complete(server: Server, headers: 
     assert exit_code == 0
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{server.url}/readyz", timeout=2)
+
+
+def test_in_a_container_a_dead_model_worker_stops_the_server_so_the_orchestrator_restarts_it(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """Inside a container BentoML does not respawn workers (BENTOML_CONTAINERIZED): with its only model
+    worker gone, the server must exit non-zero, so the container restarts, rather than stay up unready."""
+    running = start_server(
+        home=model_store,
+        log_path=tmp_path / "server.log",
+        extra_env={"PAT_AUTH": "disabled", "BENTOML_CONTAINERIZED": "true"},
+    )
+    try:
+        (model_pid,) = running.worker_pids("pat_model")
+        os.kill(model_pid, signal.SIGKILL)
+        returncode = running.process.wait(timeout=60)
+    finally:
+        stop_server(running)
+    assert returncode != 0
+    assert "No active process found for watcher" in running.logs()
