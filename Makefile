@@ -94,7 +94,8 @@ gpu-check:
 	scripts/gpu_check.sh $(PY)
 
 # A longer bounded locust run against a served Bento (Auth Emulator tokens, real Redis); report in
-# build/loadtest/report.md. Bounds: LOADTEST_SECONDS, LOADTEST_USERS, LOADTEST_RATE (req/s per user).
+# build/loadtest/report.md. Bounds: LOADTEST_SECONDS, LOADTEST_USERS, LOADTEST_RATE (req/s per user);
+# LOADTEST_MODEL_H5=<Keras weights> serves that model (e.g. PAT-M) instead of the demo PAT-S.
 loadtest: install-test node-deps redis
 	LOADTEST_OUT=build/loadtest LOADTEST_SECONDS=$${LOADTEST_SECONDS:-120} \
 		LOADTEST_USERS=$${LOADTEST_USERS:-8} LOADTEST_RATE=$${LOADTEST_RATE:-0.5} \

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from pat_runner.actigraphy.synthetic import week_recording  # noqa: E402
 from pat_runner.serving.compact import encode_values  # noqa: E402
-from scripts.local_server import cache_key_env, start_server, stop_server  # noqa: E402
+from scripts.local_server import cache_key_env, import_model, start_server, stop_server  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
 FIXTURE_M = ROOT.parent / "shared" / "fixtures" / "pat_reference" / "PAT-M_random_seed0.h5"
@@ -48,22 +48,6 @@ FIXTURE_M = ROOT.parent / "shared" / "fixtures" / "pat_reference" / "PAT-M_rando
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
-
-
-def import_model(home: Path, h5: Path | None) -> str:
-    code = (
-        "from pat_runner.model.store import ensure_demo_model, import_h5; import sys; "
-        "m = import_h5(sys.argv[1]) if sys.argv[1] else ensure_demo_model(); print(m.tag)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(h5 or "")],
-        env={**os.environ, "BENTOML_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
-    return out.stdout.strip().splitlines()[-1]
 
 
 def in_process_weeks_per_s(home: Path, tag: str, seconds: float, backend: str) -> tuple[str, float]:

@@ -112,6 +112,13 @@ def cache_lookups(url: str, token: str) -> dict[str, float]:
     }
 
 
+def served_model(url: str, token: str) -> dict[str, object]:
+    """Tag, size and backend of the model under test, for the report's title."""
+    response = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    model = response.json()["models"][0]
+    return {key: model.get(key) for key in ("tag", "size", "demo", "backend")}
+
+
 def read_stats(prefix: Path) -> tuple[list[dict[str, object]], dict[str, int]]:
     endpoints = []
     with open(f"{prefix}_stats.csv", newline="") as handle:
@@ -160,6 +167,10 @@ def summarize_workers(samples: list[dict[str, object]]) -> dict[str, dict[str, o
 def render(report: dict[str, object]) -> str:
     lines = [
         f"# Load run: {report['users']} users × {report['rate']} req/s, {report['run_time_s']} s",
+        "",
+        "Model: PAT-{size} `{tag}`{demo}, backend {backend}".format(
+            **report["model"], demo=" (demo)" if report["model"]["demo"] else ""
+        ),
         "",
         "| endpoint | requests | failures | req/s | p50 ms | p95 ms | p99 ms |",
         "|---|---|---|---|---|---|---|",
@@ -236,6 +247,7 @@ def main() -> int:
     lookups = sum(delta.values())
     endpoints, failures = read_stats(prefix)
     report = {
+        "model": served_model(args.url, token),
         "users": args.users,
         "rate": args.rate,
         "run_time_s": args.run_time,

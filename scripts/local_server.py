@@ -76,13 +76,24 @@ class Server:
 
 def prepare_store(home: Path) -> None:
     """Import the seeded demo PAT-S into a fresh model store at `home`."""
-    subprocess.run(
-        [PYTHON, "-c", "from pat_runner.model.store import ensure_demo_model; ensure_demo_model()"],
-        cwd=ROOT,
-        env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"},
-        check=True,
-        capture_output=True,
+    import_model(home, None)
+
+
+def import_model(home: Path, h5: Path | None) -> str:
+    """Import the Keras weights `h5` (the demo PAT-S when None) into the model store at `home`; the tag."""
+    code = (
+        "from pat_runner.model.store import ensure_demo_model, import_h5; import sys; "
+        "m = import_h5(sys.argv[1]) if sys.argv[1] else ensure_demo_model(); print(m.tag)"
     )
+    out = subprocess.run(
+        [PYTHON, "-c", code, str(h5 or "")],
+        env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return out.stdout.strip().splitlines()[-1]
 
 
 def start_server(
