@@ -165,12 +165,12 @@ def summarize_workers(samples: list[dict[str, object]]) -> dict[str, dict[str, o
 
 
 def render(report: dict[str, object]) -> str:
+    model = report["model"]
     lines = [
         f"# Load run: {report['users']} users × {report['rate']} req/s, {report['run_time_s']} s",
         "",
-        "Model: PAT-{size} `{tag}`{demo}, backend {backend}".format(
-            **report["model"], demo=" (demo)" if report["model"]["demo"] else ""
-        ),
+        f"Model: PAT-{model['size']} `{model['tag']}`{' (demo)' if model['demo'] else ''}, "
+        f"backend {model['backend']}",
         "",
         "| endpoint | requests | failures | req/s | p50 ms | p95 ms | p99 ms |",
         "|---|---|---|---|---|---|---|",
