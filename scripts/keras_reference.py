@@ -175,6 +175,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "tensorflow": tf.__version__,
         "tf_keras": keras.__version__,
         "call": "tf.function(model(x, training=False))",
+        "device": "gpu" if tf.config.list_logical_devices("GPU") else "cpu",
         # ru_maxrss is in KiB on Linux
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rows": rows,
