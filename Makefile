@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 FIREBASE_DIR := tests/firebase
 
-.PHONY: install install-test node-deps redis serve test test-browser chromium lint bench bench-model gpu-check test-container test-batch alerts-test loadtest soak
+.PHONY: install install-test node-deps redis serve test test-browser chromium lint bench bench-model bench-keras gpu-check test-container test-batch alerts-test loadtest soak
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,16 @@ bench: install
 # every inference backend here: weeks/s, latency, RSS, fraction of matmul peak (docs/performance.md)
 bench-model: install
 	$(PY) scripts/bench_model.py --json bench_model.json
+
+# The original Keras PAT as the baseline: the `bench` extra (tensorflow + tf-keras, never a runtime
+# dependency), its parity test on the reference fixtures, then every backend's ratio to it.
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-test
+	$(PIP) install --quiet -e '.[test,bench]'
+	touch $@
+
+bench-keras: $(VENV)/.installed-bench
+	$(VENV)/bin/pytest -q tests/test_keras_reference.py
+	$(PY) scripts/bench_model.py --keras --batches 1 8 --json bench_model.json
 
 # parity + throughput of every GPU backend (needs a CUDA torch and onnxruntime-gpu)
 gpu-check:

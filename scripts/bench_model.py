@@ -1,7 +1,8 @@
 """In-process PAT throughput per size × batch × backend, as a fraction of this machine's matmul peak.
 
     python scripts/bench_model.py [--sizes S M L] [--batches 1 8 32] [--backends torch onnxruntime ...]
-                                  [--seconds 2] [--threads 0] [--device cpu|cuda] [--json out.json]
+                                  [--seconds 2] [--threads 0] [--device cpu|cuda] [--[no-]keras]
+                                  [--json out.json]
 
 Each (size, backend) runs in a fresh child process, so its peak RSS is its own. The weights are the
 shared reference fixtures (`../shared/fixtures/pat_reference`, the original Keras layout) when present,
@@ -9,11 +10,21 @@ else seeded random ones; throughput does not depend on the values. Before timing
 checked against fp32 torch with the service's accuracy gate (the `gate` column). The matmul peak is
 measured in the same run (square fp32 and bf16 matmuls), and each row's achieved FLOP rate (analytic
 FLOPs of one PAT forward pass) is shown as a fraction of the peak of its precision.
+
+With the optional `bench` extra installed (tensorflow + tf-keras; `make bench-keras`), or with `--keras`,
+each size also runs the original Keras PAT (`scripts/keras_reference.py`, its own child process) on the
+same weights and batches, with TF's intra- and inter-op threads set to torch's thread count. Its row is
+`keras`, the `× keras` column is each row's weeks/s over Keras's at the same size and batch, and its
+embeddings of the calibration windows are compared with the fp32 PyTorch port's (max |Δ|, printed and
+in the JSON) to show the same weights were loaded. Keras needs the fixtures (it reads the H5 itself) and
+runs where TensorFlow puts it: the CPU with the pinned wheel (a GPU needs `tensorflow[and-cuda]`); the
+JSON records which.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import statistics
@@ -41,6 +52,12 @@ from pat_runner.model.backends import (  # noqa: E402
 from pat_runner.model.model import PAT, PATConfig  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "pat_reference"
+KERAS_SCRIPT = ROOT / "scripts" / "keras_reference.py"
+
+
+def keras_installed() -> bool:
+    """Whether the `bench` extra is here, without importing tensorflow into this (torch) process."""
+    return all(importlib.util.find_spec(name) is not None for name in ("tensorflow", "tf_keras"))
 
 
 def forward_flops(config: PATConfig) -> float:
@@ -120,6 +137,59 @@ def worker(size: str, backend_name: str, batches: list[int], seconds: float, dev
     }
 
 
+def run_keras(size: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Time the original Keras PAT in its own process and check its embeddings against the fp32 port."""
+    weights = FIXTURES / f"PAT-{size}_random_seed0.h5"
+    if not weights.is_file():
+        print(f"PAT-{size:<2}keras        skipped: no Keras weights at {weights}", flush=True)
+        return None
+    model = load_model(size, "cpu")
+    windows = calibration_windows()
+    with tempfile.TemporaryDirectory() as tmp:
+        windows_path, out_path = Path(tmp) / "windows.npy", Path(tmp) / "keras.npy"
+        np.save(windows_path, windows)
+        command = [sys.executable, str(KERAS_SCRIPT), "bench", "--size", size, "--weights", str(weights)]
+        command += ["--windows", str(windows_path), "--out", str(out_path), "--seconds", str(args.seconds)]
+        # the same thread count as every torch child (whose default is this process's)
+        command += ["--threads", str(torch.get_num_threads()), "--batches", *map(str, args.batches)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"PAT-{size:<2}keras        failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+            return None
+        embeddings = np.load(out_path)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    reference = TorchBackend(model, "cpu").run(windows)
+    gate = accuracy_gate(reference, (embeddings, None))
+    result["gate_min_cosine"] = gate.min_cosine
+    result["gate_passed"] = gate.passed
+    result["max_abs_diff_vs_torch_fp32"] = float(np.abs(embeddings - reference[0]).max())
+    result["flops_per_week"] = forward_flops(model.config)
+    print(
+        f"PAT-{size}: Keras vs the fp32 PyTorch port on the calibration windows: max |Δ| "
+        f"{result['max_abs_diff_vs_torch_fp32']:.1e}, min cosine {gate.min_cosine:.9f}",
+        flush=True,
+    )
+    return result
+
+
+def print_rows(result: dict[str, Any], peak: float, keras_speed: dict[int, float] | None) -> None:
+    """One table line per batch; fills in each row's fraction of peak and, unless `keras_speed` is None
+    (Keras not run), its ratio to Keras's weeks/s at the same batch."""
+    for row in result["rows"]:
+        row["fraction_of_peak"] = row["weeks_per_s"] * result["flops_per_week"] / peak
+        ratio = ""
+        if keras_speed is not None:
+            base = keras_speed.get(row["batch"])
+            row["vs_keras"] = row["weeks_per_s"] / base if base else None
+            ratio = f"{row['vs_keras']:>9.2f}" if base else f"{'–':>9}"
+        print(
+            f"PAT-{result['size']:<2}{result['backend']:<13}{row['batch']:>6}{row['weeks_per_s']:>10.1f}"
+            f"{row['latency_ms_p50']:>10.1f}{row['fraction_of_peak']:>9.2f}"
+            f"{result['peak_rss_mib']:>9.0f}{'ok' if result['gate_passed'] else 'FAIL':>6}{ratio}",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["S", "M", "L"], choices=["S", "M", "L"])
@@ -128,6 +198,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per size, backend, batch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch default)")
+    parser.add_argument(
+        "--keras",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time the original Keras PAT (default: when tensorflow and tf-keras are installed)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "BACKEND"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -138,6 +214,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result))
         return
 
+    if args.keras is None:
+        args.keras = keras_installed()
+    elif args.keras and not keras_installed():
+        parser.error("--keras needs tensorflow and tf-keras: `make bench-keras` installs the bench extra")
     backends = args.backends or candidates(args.device)
     peak = {
         "fp32": matmul_peak(torch.float32, args.device),
@@ -149,10 +229,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"{'size':<6}{'backend':<13}{'batch':>6}{'weeks/s':>10}{'p50 ms':>10}{'of peak':>9}"
-        f"{'RSS MiB':>9}{'gate':>6}"
+        f"{'RSS MiB':>9}{'gate':>6}" + (f"{'× keras':>9}" if args.keras else "")
     )
     results = []
+    keras_meta: dict[str, Any] = {}
     for size in args.sizes:
+        keras_speed: dict[int, float] | None = None
+        if args.keras:
+            baseline = run_keras(size, args)
+            keras_speed = {}
+            if baseline is not None:
+                keras_speed = {row["batch"]: row["weeks_per_s"] for row in baseline["rows"]}
+                print_rows(baseline, peak["fp32"], keras_speed)
+                results.append(baseline)
+                keras_meta = {k: baseline[k] for k in ("tensorflow", "tf_keras", "call", "device")}
         for name in backends:
             command = [sys.executable, __file__, "--worker", size, name, "--device", args.device]
             command += ["--seconds", str(args.seconds), "--threads", str(args.threads), "--batches"]
@@ -163,20 +253,14 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             result = json.loads(done.stdout.strip().splitlines()[-1])
             reference_peak = peak["bf16"] if name in ("torch-bf16", "tensorrt") else peak["fp32"]
-            for row in result["rows"]:
-                row["fraction_of_peak"] = row["weeks_per_s"] * result["flops_per_week"] / reference_peak
-                print(
-                    f"PAT-{size:<2}{name:<13}{row['batch']:>6}{row['weeks_per_s']:>10.1f}"
-                    f"{row['latency_ms_p50']:>10.1f}{row['fraction_of_peak']:>9.2f}"
-                    f"{result['peak_rss_mib']:>9.0f}{'ok' if result['gate_passed'] else 'FAIL':>6}",
-                    flush=True,
-                )
+            print_rows(result, reference_peak, keras_speed)
             results.append(result)
     if args.json:
         payload = {
             "torch": torch.__version__,
             "device": args.device,
             "matmul_peak_flops": peak,
+            "keras": keras_meta or None,
             "runs": results,
         }
         args.json.write_text(json.dumps(payload, indent=2))
