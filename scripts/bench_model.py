@@ -2,7 +2,7 @@
 
     python scripts/bench_model.py [--sizes S M L] [--batches 1 8 32] [--backends torch onnxruntime ...]
                                   [--seconds 2] [--threads 0] [--device cpu|cuda] [--[no-]keras]
-                                  [--json out.json]
+                                  [--[no-]auto] [--json out.json]
 
 Each (size, backend) runs in a fresh child process, so its peak RSS is its own. The weights are the
 shared reference fixtures (`../shared/fixtures/pat_reference`, the original Keras layout) when present,
@@ -10,6 +10,11 @@ else seeded random ones; throughput does not depend on the values. Before timing
 checked against fp32 torch with the service's accuracy gate (the `gate` column). The matmul peak is
 measured in the same run (square fp32 and bf16 matmuls), and each row's achieved FLOP rate (analytic
 FLOPs of one PAT forward pass) is shown as a fraction of the peak of its precision.
+
+With `--auto` (the default when every candidate backend is measured), each size also starts the model
+service's own choice, `select_backend(model, "auto")` with `PAT_BACKEND_BENCH_SECONDS` at its default, in
+a child process, and prints what it chose against the fastest backend at batch 1 in this run (issue 15's
+target: within 10 %).
 
 With the optional `bench` extra installed (tensorflow + tf-keras; `make bench-keras`), or with `--keras`,
 each size also runs the original Keras PAT (`scripts/keras_reference.py`, its own child process) on the
@@ -48,8 +53,10 @@ from pat_runner.model.backends import (  # noqa: E402
     build_backend,
     calibration_windows,
     candidates,
+    select_backend,
 )
 from pat_runner.model.model import PAT, PATConfig  # noqa: E402
+from pat_runner.settings import Settings  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "pat_reference"
 KERAS_SCRIPT = ROOT / "scripts" / "keras_reference.py"
@@ -190,6 +197,44 @@ def print_rows(result: dict[str, Any], peak: float, keras_speed: dict[int, float
         )
 
 
+def auto_worker(size: str, device: str) -> dict[str, Any]:
+    """What the model service's `auto` chooses for `size` here (runs in its own process)."""
+    model = load_model(size, device)
+    _, choice = select_backend(
+        model,
+        "auto",
+        device,
+        cache_dir=Path(tempfile.gettempdir()) / "pat-bench-onnx",
+        threads=torch.get_num_threads(),
+        bench_seconds=Settings.model_fields["backend_bench_seconds"].default,
+    )
+    return choice.to_dict()
+
+
+def compare_auto(size: str, results: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any] | None:
+    """Run `auto_worker` for `size` and set its choice against this run's fastest backend at batch 1."""
+    command = [sys.executable, __file__, "--auto-worker", size, "--device", args.device]
+    command += ["--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"PAT-{size}: auto failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+        return None
+    choice = json.loads(done.stdout.strip().splitlines()[-1])
+    batch1 = {
+        r["backend"]: next(row["weeks_per_s"] for row in r["rows"] if row["batch"] == 1)
+        for r in results
+        if r["size"] == size and r["backend"] != "keras" and r["gate_passed"]
+    }
+    best = max(batch1, key=batch1.__getitem__)
+    ratio = batch1.get(choice["backend"], float("nan")) / batch1[best]
+    print(
+        f"PAT-{size}: auto chose {choice['backend']}; at batch 1 it runs at {ratio:.2f} of the fastest "
+        f"here ({best}, {batch1[best]:.1f} weeks/s)",
+        flush=True,
+    )
+    return {"size": size, "choice": choice, "fastest_batch1": best, "chosen_over_fastest_batch1": ratio}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["S", "M", "L"], choices=["S", "M", "L"])
@@ -204,8 +249,15 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="also time the original Keras PAT (default: when tensorflow and tf-keras are installed)",
     )
+    parser.add_argument(
+        "--auto",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also show what PAT_BACKEND=auto chooses (default: when every candidate backend is measured)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "BACKEND"), help=argparse.SUPPRESS)
+    parser.add_argument("--auto-worker", metavar="SIZE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -213,12 +265,17 @@ def main(argv: list[str] | None = None) -> None:
         result = worker(*args.worker, args.batches, args.seconds, args.device)
         print(json.dumps(result))
         return
+    if args.auto_worker:
+        print(json.dumps(auto_worker(args.auto_worker, args.device)))
+        return
 
     if args.keras is None:
         args.keras = keras_installed()
     elif args.keras and not keras_installed():
         parser.error("--keras needs tensorflow and tf-keras: `make bench-keras` installs the bench extra")
     backends = args.backends or candidates(args.device)
+    if args.auto is None:
+        args.auto = set(candidates(args.device)) <= set(backends) and 1 in args.batches
     peak = {
         "fp32": matmul_peak(torch.float32, args.device),
         "bf16": matmul_peak(torch.bfloat16, args.device),
@@ -232,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{'RSS MiB':>9}{'gate':>6}" + (f"{'× keras':>9}" if args.keras else "")
     )
     results = []
+    autos: list[dict[str, Any]] = []
     keras_meta: dict[str, Any] = {}
     for size in args.sizes:
         keras_speed: dict[int, float] | None = None
@@ -255,6 +313,10 @@ def main(argv: list[str] | None = None) -> None:
             reference_peak = peak["bf16"] if name in ("torch-bf16", "tensorrt") else peak["fp32"]
             print_rows(result, reference_peak, keras_speed)
             results.append(result)
+        if args.auto:
+            auto = compare_auto(size, results, args)
+            if auto is not None:
+                autos.append(auto)
     if args.json:
         payload = {
             "torch": torch.__version__,
@@ -262,6 +324,7 @@ def main(argv: list[str] | None = None) -> None:
             "matmul_peak_flops": peak,
             "keras": keras_meta or None,
             "runs": results,
+            "auto": autos,
         }
         args.json.write_text(json.dumps(payload, indent=2))
 
