@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -172,7 +173,7 @@ class WorkerListener:
             server_header=False,
             backlog=BACKLOG,
             timeout_keep_alive=WORKER_KEEP_ALIVE_S,
-            timeout_graceful_shutdown=max(1, round(grace_s)),
+            timeout_graceful_shutdown=math.ceil(grace_s),
         )
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task[None] | None = None
@@ -219,7 +220,8 @@ class WorkerSocketMiddleware:
             listener = WorkerListener(app, path, self.grace_s)
             await listener.start()
         except Exception as exc:
-            # The shared socket still serves: the API's calls in turn to this worker fall back to it.
+            # The worker still serves the shared socket; the API's calls in turn to this one cannot
+            # connect and are retried with the next worker.
             logger.error("model worker socket %s not served: %s: %s", path, type(exc).__name__, exc)
             return
         self.listener = listener
