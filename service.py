@@ -60,6 +60,7 @@ from pat_runner.serving.schemas import (
     ModelsResponse,
     Recording,
 )
+from pat_runner.serving.spread import ModelRoutes, open_routes
 from pat_runner.serving.upload import parse_upload
 from pat_runner.settings import get_settings
 
@@ -127,18 +128,26 @@ class PATService:
                 settings=settings,
                 infer_attention=self._infer_attention,
             )
+            # BentoML's client alone until start-up adds one per model worker (spread.py).
+            self.model_routes: ModelRoutes[Any] = ModelRoutes(self.model_service)
         telemetry.record_worker_start("api")
+
+    @bentoml.on_startup
+    async def route_to_model_workers(self) -> None:
+        self.model_routes = await open_routes(self.model_service, PATModel, settings.runner_workers)
 
     async def _infer(self, windows: np.ndarray) -> np.ndarray:
         # The dependency's client gets its endpoints only after __init__, at server start-up.
-        return await call_model_service(lambda: self.model_service.to_async.infer(windows))
+        return await call_model_service(lambda model: model.to_async.infer(windows), self.model_routes)
 
     async def _infer_attention(self, windows: np.ndarray) -> np.ndarray:
-        return await call_model_service(lambda: self.model_service.to_async.infer_attention(windows))
+        return await call_model_service(
+            lambda model: model.to_async.infer_attention(windows), self.model_routes
+        )
 
     @bentoml.on_shutdown
     async def close(self) -> None:
-        await self.cache.close()
+        await asyncio.gather(self.cache.close(), self.model_routes.close())
 
     @bentoml.api(route=routes.ANALYZE)
     @enveloped

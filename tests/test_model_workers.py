@@ -1,6 +1,8 @@
-"""Two model-service workers behind one API service: killing one under load fails no request (a call
-lost in transport is retried once and reaches the live worker); the per-worker counter shows which
-workers served."""
+"""Two model-service workers behind one API service, over real HTTP (`serving/spread.py`): the API's calls
+take the workers in turn, so each runs its share of the windows (per-worker counter), sequential or
+concurrent; calls that reach one worker still batch; killing one under load fails no request (a call
+lost in transport is retried once, with the other worker) and the restarted worker is back in turn;
+SIGTERM drains through the workers' own sockets."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -21,11 +24,27 @@ from tests.factories import recording
 pytestmark = pytest.mark.integration
 
 WORKER_WINDOWS = re.compile(r'^pat_model_worker_windows_total\{worker="([^"]+)"\} ([0-9.e+]+)$', re.MULTILINE)
+BATCHES = re.compile(r"^pat_inference_batch_size_count ([0-9.e+]+)$", re.MULTILINE)
+RETRIES = re.compile(r"^pat_model_retries_total ([0-9.e+]+)$", re.MULTILINE)
+WORKERS = ("1", "2")
+# Round robin gives each of the two workers half of the calls; a transport failure during a run sets
+# its worker aside for spread.COOLDOWN_S, hence the margin below one half.
+FAIR_SHARE = 0.4
+CALLS = 40
+GRACE_S = 25
+
+
+@pytest.fixture(scope="module")
+def headers(tokens: dict[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['service']}"}
 
 
 @pytest.fixture(scope="module")
 def server(
-    model_store: Path, firebase_emulator, tmp_path_factory: pytest.TempPathFactory
+    model_store: Path,
+    firebase_emulator,
+    headers: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     running = start_server(
         home=model_store,
@@ -37,25 +56,94 @@ def server(
             "PAT_PROTECT_METRICS": "false",
             "PAT_MAX_CONCURRENCY": "64",
         },
+        serve_args=["--timeout-graceful-shutdown", str(GRACE_S)],
     )
-    yield running
-    stop_server(running)
+    try:
+        # /readyz is 200 once one model worker serves; the other may still be loading the model.
+        both_workers_take_calls(running, headers, first_seed=500)
+        yield running
+    finally:
+        stop_server(running)
 
 
-def analyze(server: Server, token: str, seed: int) -> httpx.Response:
-    # PAT only, distinct weeks: every request reaches the model service (no cache hits).
+def analyze(server: Server, headers: dict[str, str], seed: int) -> httpx.Response:
+    # PAT only, distinct weeks: every request reaches the model service (no cache hits), one window each.
     body = {"recording": recording(seed, gap=None), "options": {"outputs": ["pat"]}}
-    return httpx.post(
-        f"{server.url}/v1/analyze", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=120
-    )
+    return httpx.post(f"{server.url}/v1/analyze", json=body, headers=headers, timeout=120)
 
 
 def worker_windows(server: Server) -> dict[str, float]:
     return {worker: float(value) for worker, value in WORKER_WINDOWS.findall(server.metrics())}
 
 
+def ran_since(server: Server, before: dict[str, float]) -> dict[str, float]:
+    """Windows each worker ran since `before`."""
+    now = worker_windows(server)
+    return {worker: now.get(worker, 0.0) - before.get(worker, 0.0) for worker in WORKERS}
+
+
+def counter(server: Server, pattern: re.Pattern[str]) -> float:
+    found = pattern.findall(server.metrics())
+    return float(found[0]) if found else 0.0
+
+
+def both_workers_take_calls(server: Server, headers: dict[str, str], *, first_seed: int) -> None:
+    """Wait until both workers run calls: a worker that was not listening yet is set aside for
+    spread.COOLDOWN_S after the call it refused."""
+    deadline = time.monotonic() + 120
+    seed = first_seed
+    while time.monotonic() < deadline:
+        before = worker_windows(server)
+        for _ in range(4):
+            seed += 1
+            assert analyze(server, headers, seed).status_code == 200
+        if all(ran > 0 for ran in ran_since(server, before).values()):
+            return
+        time.sleep(1.0)
+    pytest.fail(f"a model worker took no calls: {worker_windows(server)}")
+
+
+def assert_fair(ran: dict[str, float], windows: int) -> None:
+    assert sum(ran.values()) == windows, ran
+    for worker in WORKERS:
+        assert ran[worker] >= FAIR_SHARE * windows, ran
+
+
+def test_sequential_calls_take_the_workers_in_turn(server: Server, headers: dict[str, str]) -> None:
+    # One call at a time over kept-alive connections: with one shared socket, one worker took them all.
+    before = worker_windows(server)
+    statuses = [analyze(server, headers, 1_000 + seed).status_code for seed in range(CALLS)]
+    assert set(statuses) == {200}
+    assert_fair(ran_since(server, before), CALLS)
+
+
+def test_concurrent_calls_take_the_workers_in_turn(server: Server, headers: dict[str, str]) -> None:
+    before = worker_windows(server)
+    with ThreadPoolExecutor(8) as pool:
+        statuses = [
+            r.status_code for r in pool.map(lambda s: analyze(server, headers, 2_000 + s), range(CALLS))
+        ]
+    assert set(statuses) == {200}
+    assert_fair(ran_since(server, before), CALLS)
+
+
+def test_a_batch_reaches_both_workers_and_each_still_batches(server: Server, headers: dict[str, str]) -> None:
+    recordings = 32
+    body = {
+        "recordings": [recording(3_000 + i, gap=None) for i in range(recordings)],
+        "options": {"outputs": ["pat"]},
+    }
+    before, batches_before = worker_windows(server), counter(server, BATCHES)
+    response = httpx.post(f"{server.url}/v1/analyze/batch", json=body, headers=headers, timeout=120)
+    assert response.status_code == 200, response.text
+    assert all(item["result"] is not None for item in response.json()["results"])
+    assert_fair(ran_since(server, before), recordings)
+    # Fewer forward passes than windows: the calls each worker received were batched together.
+    assert counter(server, BATCHES) - batches_before < recordings
+
+
 def run_load(
-    server: Server, token: str, *, threads: int, first_seed: int, stop: threading.Event
+    server: Server, headers: dict[str, str], *, threads: int, first_seed: int, stop: threading.Event
 ) -> list[int]:
     statuses: list[int] = []
 
@@ -63,7 +151,7 @@ def run_load(
         seed = first_seed + 10_000 * index
         while not stop.is_set():
             seed += 1
-            statuses.append(analyze(server, token, seed).status_code)
+            statuses.append(analyze(server, headers, seed).status_code)
 
     workers = [threading.Thread(target=client, args=(i,)) for i in range(threads)]
     for worker in workers:
@@ -74,16 +162,16 @@ def run_load(
     return statuses
 
 
-def test_killing_a_model_worker_under_load_fails_no_request(server: Server, tokens: dict[str, str]) -> None:
-    # Which worker holds the API's connections is the kernel's choice: when the killed one had calls in
-    # flight, they are retried once and served by the other worker.
+def test_killing_a_model_worker_under_load_fails_no_request(server: Server, headers: dict[str, str]) -> None:
+    # Calls in turn reach the killed worker: those in flight and the next one sent to its socket fail in
+    # transport and are retried once with the other worker, which takes every call until the killed one
+    # is back.
     victim = server.worker_pids("pat_model")[0]
+    retries_before = counter(server, RETRIES)
     stop = threading.Event()
     statuses: list[int] = []
     loader = threading.Thread(
-        target=lambda: statuses.extend(
-            run_load(server, tokens["service"], threads=4, first_seed=90_000, stop=stop)
-        )
+        target=lambda: statuses.extend(run_load(server, headers, threads=4, first_seed=90_000, stop=stop))
     )
     loader.start()
     try:
@@ -94,5 +182,48 @@ def test_killing_a_model_worker_under_load_fails_no_request(server: Server, toke
         stop.set()
         loader.join()
     assert statuses and set(statuses) == {200}, sorted(set(statuses))
-    assert analyze(server, tokens["service"], 99_999).status_code == 200
-    assert sum(worker_windows(server).values()) > 0
+    assert counter(server, RETRIES) > retries_before
+
+    # The restarted worker takes its turn again once it serves its socket.
+    both_workers_take_calls(server, headers, first_seed=95_000)
+    assert victim not in server.worker_pids("pat_model")
+
+
+def test_sigterm_drains_through_the_worker_sockets(server: Server, headers: dict[str, str]) -> None:
+    """Last in this module: it stops the server."""
+    body = {
+        "recordings": [recording(40_000 + i, gap=None) for i in range(24)],
+        "options": {"outputs": ["pat"]},
+    }
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        outcome["response"] = httpx.post(
+            f"{server.url}/v1/analyze/batch", json=body, headers=headers, timeout=120
+        )
+        outcome["done"] = time.monotonic()
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 30
+    while "response" not in outcome and time.monotonic() < deadline:
+        in_progress = [
+            line
+            for line in server.metrics().splitlines()
+            if line.startswith("bentoml_service_request_in_progress")
+            and 'endpoint="/v1/analyze/batch"' in line
+        ]
+        if in_progress and float(in_progress[0].rsplit(" ", 1)[1]) >= 1:
+            break
+        time.sleep(0.05)
+    server.process.send_signal(signal.SIGTERM)
+    terminated = time.monotonic()
+    caller.join()
+    exit_code = server.process.wait(timeout=GRACE_S + 30)
+
+    response = outcome["response"]
+    assert isinstance(response, httpx.Response)
+    assert outcome["done"] > terminated, "the request finished before SIGTERM; nothing was drained"
+    assert response.status_code == 200, response.text
+    assert all(item["result"] is not None for item in response.json()["results"])
+    assert exit_code == 0

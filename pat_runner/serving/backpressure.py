@@ -13,10 +13,11 @@ It does bound the model service's queue (`PAT_MODEL_MAX_CONCURRENCY`), where the
 a refused model call becomes 503 `model_overloaded` (`call_model_service`). Every 429 and 503 of the
 API gets `Retry-After` when it has none.
 
-A model call that fails in transport (its worker died mid-call: connection reset or closed) is retried
-once; with several model workers the retry reaches a live one, so losing a worker fails no request.
-Inference is a pure function of its input, so the retry is safe. Errors the model service answered
-(4xx, 5xx) are not retried.
+A model call that fails in transport (its worker died mid-call: connection reset or closed, or refused)
+is retried once. Each attempt goes where `spread.ModelRoutes` sends it: with several model workers, the
+next one in turn, which skips the worker that just failed, so losing a worker fails no request; with one,
+BentoML's client to the shared socket. Inference is a pure function of its input, so the retry is safe.
+Errors the model service answered (4xx, 5xx) are not retried.
 """
 
 from __future__ import annotations
@@ -33,29 +34,33 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pat_runner import telemetry
 from pat_runner.errors import ModelUnavailable
 from pat_runner.serving.http import error_body, request_id_of
+from pat_runner.serving.spread import Client, ModelRoutes
 
 LIMITED_PREFIX = "/v1/"
 UNLIMITED = frozenset({("GET", "/v1/models")})
 RETRY_STATUSES = (429, 503)
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Client)
 
 
 logger = logging.getLogger(__name__)
 
 
-async def call_model_service(call: Callable[[], Awaitable[T]]) -> T:
-    """Run a model-service call: one retry after a transport failure; its 429 (queue full) becomes
-    503 `model_overloaded`."""
+async def call_model_service(call: Callable[[C], Awaitable[T]], routes: ModelRoutes[C]) -> T:
+    """Run `call` with the client `routes` picks; after a transport failure, once more with the next pick
+    (another worker, or the shared client); a 429 (queue full) becomes 503 `model_overloaded`."""
+    index, client = routes.pick()
     try:
         try:
-            return await call()
+            return await call(client)
         except BentoMLException:
             raise
         except Exception as exc:
+            routes.failed(index)
             logger.warning("model service call failed in transport (%s); retrying once", type(exc).__name__)
             telemetry.record_model_retry()
-            return await call()
+            return await call(routes.pick()[1])
     except BentoMLException as exc:
         if exc.error_code != HTTPStatus.TOO_MANY_REQUESTS:
             raise

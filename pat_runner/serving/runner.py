@@ -5,6 +5,7 @@ or `PAT_MAX_LATENCY_MS`), stacks their `(n, T)` arrays along axis 0, runs one fo
 the result again. Its output is a NumPy structured array, one record per window, so embeddings and the
 head's probability travel together through the batching machinery, with the name of the backend that
 computed them (`PAT_BACKEND`, chosen at start-up by `pat_runner.model.backends.select_backend`).
+With `PAT_RUNNER_WORKERS` > 1 the API service calls the workers in turn (`serving/spread.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pat_runner import telemetry
 from pat_runner.model.backends import Backend, default_cache_dir, select_backend
 from pat_runner.model.store import StoredPAT, load_stored_pat, resolve_model
 from pat_runner.serving.lifecycle import drain_after, stop_server_on_failure
+from pat_runner.serving.spread import WorkerSocketMiddleware
 from pat_runner.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -160,3 +162,12 @@ class PATModel:
             "backend": self.choice.backend,
             "backend_selection": self.choice.to_dict(),
         }
+
+
+# With several workers, each also listens on a socket of its own, which the API service's calls take in turn.
+PATModel.add_asgi_middleware(
+    WorkerSocketMiddleware,
+    service_name=PATModel.name,
+    workers=settings.runner_workers,
+    grace_s=settings.shutdown_grace_s,
+)
