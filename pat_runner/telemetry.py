@@ -211,7 +211,7 @@ def metrics() -> _Metrics:
         ),
         rejections=Counter(
             "pat_rejections",
-            "Requests refused by backpressure before any work, by reason (concurrency, model_queue).",
+            "Requests refused by backpressure, by reason (concurrency, model_queue, model_latency).",
             ["reason"],
         ),
     )

@@ -86,7 +86,8 @@ def encoded(bodies: list[dict]) -> list[bytes]:
 
 def post(client: httpx.Client, path: str, body: bytes) -> httpx.Response:
     response = client.post(path, content=body, headers=JSON)
-    response.raise_for_status()
+    if response.is_error:
+        raise RuntimeError(f"{path}: {response.status_code} {response.text[:300]}")
     return response
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from http import HTTPStatus
 
 import pytest
-from bentoml.exceptions import BentoMLException
+from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from pat_runner.errors import ModelUnavailable
 from pat_runner.serving.backpressure import call_model_service
@@ -80,3 +80,12 @@ async def test_an_answer_is_not_retried_and_a_full_queue_is_503() -> None:
     with pytest.raises(ModelUnavailable) as refused:
         await call_model_service(full, routes)
     assert refused.value.code == "model_overloaded" and full.clients == ["second"]
+
+
+async def test_a_call_shed_by_the_model_batching_is_overload_not_unavailability() -> None:
+    # BentoML's batching answers 503 "process is overloaded" when the queue would exceed max latency.
+    shed = Calls(ServiceUnavailable("process is overloaded"))
+    with pytest.raises(ModelUnavailable) as refused:
+        await call_model_service(shed, ModelRoutes(SHARED, [FIRST, SECOND]))
+    assert refused.value.code == "model_overloaded" and "PAT_MAX_LATENCY_MS" in refused.value.message
+    assert shed.clients == ["first"]

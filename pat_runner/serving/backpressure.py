@@ -13,6 +13,10 @@ It does bound the model service's queue (`PAT_MODEL_MAX_CONCURRENCY`), where the
 a refused model call becomes 503 `model_overloaded` (`call_model_service`). Every 429 and 503 of the
 API gets `Retry-After` when it has none.
 
+The model service refuses calls under load in two ways, both answered 503 `model_overloaded` with
+`Retry-After`: its queue bound (BentoML `traffic.max_concurrency`, 429) and its batching's shedding of
+calls that would wait past `PAT_MAX_LATENCY_MS` (503).
+
 A model call that fails in transport (its worker died mid-call: connection reset or closed, or refused)
 is retried once. Each attempt goes where `spread.ModelRoutes` sends it: with several model workers, the
 next one in turn, which skips the worker that just failed, so losing a worker fails no request; with one,
@@ -39,6 +43,17 @@ from pat_runner.serving.spread import Client, ModelRoutes
 LIMITED_PREFIX = "/v1/"
 UNLIMITED = frozenset({("GET", "/v1/models")})
 RETRY_STATUSES = (429, 503)
+# What the model service answers when it refuses a call under load: BentoML's `traffic.max_concurrency`
+# (429) and its adaptive batching's shedding of calls it cannot serve within the batch's max latency
+# (503 "process is overloaded"); both are load, not a missing model. Reasons are metric labels.
+OVERLOAD_REASONS = {
+    HTTPStatus.TOO_MANY_REQUESTS: "model_queue",
+    HTTPStatus.SERVICE_UNAVAILABLE: "model_latency",
+}
+OVERLOAD_MESSAGES = {
+    "model_queue": "its queue is full",
+    "model_latency": "the queued work would exceed PAT_MAX_LATENCY_MS",
+}
 
 T = TypeVar("T")
 C = TypeVar("C", bound=Client)
@@ -49,7 +64,9 @@ logger = logging.getLogger(__name__)
 
 async def call_model_service(call: Callable[[C], Awaitable[T]], routes: ModelRoutes[C]) -> T:
     """Run `call` with the client `routes` picks; after a transport failure, once more with the next pick
-    (another worker, or the shared client); a 429 (queue full) becomes 503 `model_overloaded`."""
+    (another worker, or the shared client); the model service's refusals under load, 429 (queue full)
+    and 503 (its batching shed the call: it could not run within `PAT_MAX_LATENCY_MS`), become 503
+    `model_overloaded`."""
     index, client = routes.pick()
     try:
         try:
@@ -62,11 +79,13 @@ async def call_model_service(call: Callable[[C], Awaitable[T]], routes: ModelRou
             telemetry.record_model_retry()
             return await call(routes.pick()[1])
     except BentoMLException as exc:
-        if exc.error_code != HTTPStatus.TOO_MANY_REQUESTS:
+        reason = OVERLOAD_REASONS.get(exc.error_code)
+        if reason is None:
             raise
-        telemetry.record_rejection("model_queue")
+        telemetry.record_rejection(reason)
         raise ModelUnavailable(
-            "the PAT model service is at its queue limit; retry later", code="model_overloaded"
+            f"the PAT model service is overloaded ({OVERLOAD_MESSAGES[reason]}); retry later",
+            code="model_overloaded",
         ) from exc
 
 

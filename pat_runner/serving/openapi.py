@@ -146,9 +146,11 @@ ERRORS: dict[str, tuple[str, dict[str, str]]] = {
         {"internal_error": "an unexpected error occurred; the request id identifies it in the server log"},
     ),
     "503": (
-        "A dependency is unavailable; retry later. Metrics-only requests work without the model.",
+        "A dependency is unavailable or overloaded; retry later (`Retry-After`). Metrics-only requests "
+        "work without the model.",
         {
             "model_unavailable": "the PAT model service is unavailable",
+            "model_overloaded": "the PAT model service is overloaded (its queue is full); retry later",
             "auth_unavailable": "authentication is temporarily unavailable",
             "cache_unavailable": "the result cache is unavailable",
             "service_unavailable": "the service is temporarily unavailable; retry later",
