@@ -102,22 +102,30 @@ def timed(client: httpx.Client, path: str, bodies: list[bytes]) -> list[float]:
 
 
 def load(client: httpx.Client, path: str, bodies: list[bytes], concurrency: int) -> dict[str, float]:
-    """Throughput (requests/s, one week each) and latency percentiles of `bodies` at `concurrency`."""
+    """Throughput (answered requests/s, one week each), latency percentiles and refusals (429/503 under
+    load: backpressure, not failures) of `bodies` at `concurrency`."""
     latencies: list[float] = []
+    refused: list[int] = []
 
     def call(body: bytes) -> None:
         started = time.perf_counter()
-        post(client, path, body)
+        response = client.post(path, content=body, headers=JSON)
+        if response.status_code in (429, 503):
+            refused.append(response.status_code)
+            return
+        if response.is_error:
+            raise RuntimeError(f"{path}: {response.status_code} {response.text[:300]}")
         latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(call, bodies))
     return {
-        "weeks_per_s": len(bodies) / (time.perf_counter() - started),
+        "weeks_per_s": len(latencies) / (time.perf_counter() - started),
         "p50_ms": 1000 * percentile(latencies, 50),
         "p95_ms": 1000 * percentile(latencies, 95),
         "p99_ms": 1000 * percentile(latencies, 99),
+        "refused": len(refused),
     }
 
 
@@ -215,13 +223,16 @@ def main() -> None:
         list(args.h5) if args.h5 else [None, *([FIXTURE_M] if FIXTURE_M.exists() else [])]
     )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, concurrency {args.concurrency}")
-    rows = [bench_model(h5, backend, args) for h5 in models for backend in args.backends]
-    for row in rows:
-        print()
-        for key, value in row.items():
-            print(f"{key:28} {value:.2f}" if isinstance(value, float) else f"{key:28} {value}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    rows = []
+    for h5 in models:
+        for backend in args.backends:
+            row = bench_model(h5, backend, args)
+            print()
+            for key, value in row.items():
+                print(f"{key:28} {value:.2f}" if isinstance(value, float) else f"{key:28} {value}", flush=True)
+            rows.append(row)
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
