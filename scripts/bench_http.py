@@ -229,7 +229,8 @@ def main() -> None:
             row = bench_model(h5, backend, args)
             print()
             for key, value in row.items():
-                print(f"{key:28} {value:.2f}" if isinstance(value, float) else f"{key:28} {value}", flush=True)
+                shown = f"{value:.2f}" if isinstance(value, float) else value
+                print(f"{key:28} {shown}", flush=True)
             rows.append(row)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=2))
