@@ -18,6 +18,7 @@ from pat_runner.model.backends import (
     PROBABILITY_GATE,
     AccuracyGateFailed,
     BackendUnavailable,
+    ChunkedBackend,
     Outputs,
     TorchBackend,
     accuracy_gate,
@@ -177,7 +178,10 @@ def test_explicit_backend_is_gated_and_unavailable_ones_refused(
         models["S"], "torch", "cpu", cache_dir=tmp_path, threads=1, bench_seconds=0.05
     )
     assert backend.name == choice.backend == "torch" and choice.measurements["torch"]["passed_gate"]
-    assert "weeks_per_s" not in choice.measurements["torch"]
+    # On a CPU even an explicit backend is timed, to size its chunks: the fastest batch size measured.
+    throughput = choice.measurements["torch"]["weeks_per_s"]
+    assert choice.chunk == int(max(throughput, key=throughput.get))
+    assert isinstance(backend, ChunkedBackend) and backend.chunk == choice.chunk
     with pytest.raises(BackendUnavailable):
         select_backend(models["S"], "tensorrt", "cpu", cache_dir=tmp_path, threads=1, bench_seconds=0.05)
     with pytest.raises(ValueError, match="unknown backend"):
@@ -209,3 +213,18 @@ def test_gpu_backends_are_refused_without_a_gpu(models: dict[str, PAT], tmp_path
     for name in ("onnxruntime", "tensorrt", "torch-bf16"):
         with pytest.raises(BackendUnavailable):
             build_backend(name, models["S"], "cuda", cache_dir=tmp_path, threads=1)
+
+
+def test_a_chunked_backend_gives_the_outputs_of_one_forward_pass(models: dict[str, PAT]) -> None:
+    windows = np.concatenate([calibration_windows(), calibration_windows(seed=1)[:3]])
+    for name in ("S", "M-head"):
+        whole = TorchBackend(models[name], "cpu")
+        patches, probability = ChunkedBackend(whole, 3).run(windows)
+        reference = whole.run(windows)
+        assert patches.shape == reference[0].shape
+        np.testing.assert_allclose(patches, reference[0], rtol=1e-5, atol=1e-5)
+        if reference[1] is None:
+            assert probability is None
+        else:
+            assert probability is not None
+            np.testing.assert_allclose(probability, reference[1], rtol=1e-5, atol=1e-6)
