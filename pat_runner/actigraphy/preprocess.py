@@ -38,7 +38,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, cached_property
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -126,18 +126,29 @@ class QualityReport(BaseModel):
 
 @dataclass(frozen=True)
 class Preprocessed:
-    """The prepared recording: what the metrics, PAT and the cache key are computed from."""
+    """The prepared recording: what the metrics, PAT and the cache key are computed from.
 
-    #: Counts per minute (NaN = missing), indexed by the local clock of the recording's zone.
-    minutes: pd.Series
-    #: Standardized week windows, float32 `(n_windows, 10080)`, missing and padded minutes 0.
-    windows: np.ndarray
+    Everything a cache hit needs (the key's canonical bytes, the quality report, the checks and their
+    warnings) is computed up front; the local-clock series (`minutes`) and the standardized windows
+    (`windows`) only when first used, since only a cache miss uses them.
+    """
+
     #: Start of each window (UTC).
     window_starts: list[datetime]
     window_observed_fraction: list[float]
     quality: QualityReport
     warnings: list[str]
     _canonical: bytes = field(repr=False)
+    #: counts per minute of the grid (NaN = missing), the zone and unit they are read in
+    _values: np.ndarray = field(repr=False)
+    _zone: ZoneInfo = field(repr=False)
+    _unit: str = field(repr=False)
+    #: window starts (minutes into the grid) and padding minutes at the end
+    _starts: np.ndarray = field(repr=False)
+    _padded: int = field(repr=False)
+    #: (mean, scale) of every minute, or the cohort scaler's per-minute-of-week arrays
+    _center: float | np.ndarray = field(repr=False)
+    _scale: float | np.ndarray = field(repr=False)
 
     def canonical_bytes(self) -> bytes:
         """Deterministic encoding of the minutes, start, zone, unit and windowing settings.
@@ -146,6 +157,24 @@ class Preprocessed:
         bytes. It is the input of the result-cache key, never stored or logged itself.
         """
         return self._canonical
+
+    @cached_property
+    def minutes(self) -> pd.Series:
+        """Counts per minute (NaN = missing), indexed by the local clock of the recording's zone."""
+        index = pd.date_range(start=self.quality.start, periods=len(self._values), freq="min")
+        return pd.Series(self._values, index=index.tz_convert(self._zone), name=self._unit)
+
+    @cached_property
+    def windows(self) -> np.ndarray:
+        """Standardized week windows, float32 `(n_windows, 10080)`, missing and padded minutes 0."""
+        padded = np.concatenate([self._values, np.full(self._padded, np.nan)])
+        gather = self._starts[:, None] + np.arange(WEEK_MINUTES)[None, :]
+        if isinstance(self._center, np.ndarray):
+            # the cohort scaler is per minute of the week: applied to the gathered windows
+            standardized = (padded[gather] - self._center) / self._scale
+        else:
+            standardized = ((padded - self._center) / self._scale)[gather]
+        return np.nan_to_num(standardized, nan=0.0).astype(np.float32)
 
 
 #: Largest value one epoch may hold (ActiGraph counts per minute stay below 10⁵).
@@ -216,10 +245,8 @@ def preprocess(
     missing = np.isnan(minutes)
 
     starts, padded, dropped = _window_starts(total_minutes, settings)
-    gather = starts[:, None] + np.arange(WEEK_MINUTES)[None, :]
     observed_fraction = _window_coverage(missing, starts, padded, dropped, total_minutes, settings, warnings)
-
-    windows, standardization = _standardized_windows(minutes, missing, padded, gather, scaler, warnings)
+    center, scale, standardization = _standardization(minutes, missing, scaler, warnings)
 
     grid_end = grid_start + timedelta(minutes=total_minutes)
     quality = QualityReport(
@@ -239,15 +266,19 @@ def preprocess(
         start=grid_start,
         end=grid_end,
     )
-    local_index = pd.date_range(start=grid_start, periods=total_minutes, freq="min").tz_convert(zone)
     return Preprocessed(
-        minutes=pd.Series(minutes, index=local_index, name=recording.unit),
-        windows=windows.astype(np.float32),
         window_starts=[grid_start + timedelta(minutes=int(s)) for s in starts],
         window_observed_fraction=[float(f) for f in observed_fraction],
         quality=quality,
         warnings=warnings,
         _canonical=canonical,
+        _values=minutes,
+        _zone=zone,
+        _unit=recording.unit,
+        _starts=starts,
+        _padded=padded,
+        _center=center,
+        _scale=scale,
     )
 
 
@@ -268,19 +299,19 @@ def _mask_and_check(
     return minutes, nonwear, longest_run
 
 
-def _standardized_windows(
+def _standardization(
     minutes: np.ndarray,
     missing: np.ndarray,
-    padded: int,
-    gather: np.ndarray,
     scaler: tuple[np.ndarray, np.ndarray] | None,
     warnings: list[str],
-) -> tuple[np.ndarray, Standardization]:
-    """The week windows, z-scored per recording or with the model's cohort scaler."""
-    padded_minutes = np.concatenate([minutes, np.full(padded, np.nan)])
+) -> tuple[float | np.ndarray, float | np.ndarray, Standardization]:
+    """(center, scale, kind) of the z-score: per recording, or the model's cohort scaler (checked here,
+    so a bad scaler fails before anything is computed)."""
     if scaler is None:
-        return _zscore(padded_minutes, missing, warnings)[gather], "per_recording"
-    return _apply_cohort_scaler(padded_minutes[gather], scaler), "cohort_scaler"
+        mean, std = _zscore_parameters(minutes[~missing], warnings)
+        return mean, std, "per_recording"
+    mean, scale = _checked_cohort_scaler(scaler)
+    return mean, scale, "cohort_scaler"
 
 
 def _window_coverage(
@@ -469,23 +500,22 @@ def _window_starts(total_minutes: int, settings: Settings) -> tuple[np.ndarray, 
     return starts, 0, tail
 
 
-def _zscore(padded_minutes: np.ndarray, missing: np.ndarray, warnings: list[str]) -> np.ndarray:
-    observed = padded_minutes[: missing.size][~missing]
+def _zscore_parameters(observed: np.ndarray, warnings: list[str]) -> tuple[float, float]:
     mean = float(observed.mean())
     std = float(observed.std())
     if std == 0:
         warnings.append("every observed minute has the same count; the standardized input is all zeros")
         std = 1.0
-    return np.nan_to_num((padded_minutes - mean) / std, nan=0.0)
+    return mean, std
 
 
-def _apply_cohort_scaler(windows: np.ndarray, scaler: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def _checked_cohort_scaler(scaler: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     mean, scale = (np.asarray(part, dtype=np.float64) for part in scaler)
     if mean.shape != (WEEK_MINUTES,) or scale.shape != (WEEK_MINUTES,):
         raise ValueError(f"the cohort scaler must have mean_ and scale_ of shape ({WEEK_MINUTES},)")
     if not (np.isfinite(mean).all() and np.isfinite(scale).all() and (scale > 0).all()):
         raise ValueError("the cohort scaler has non-finite values or a scale <= 0")
-    return np.nan_to_num((windows - mean) / scale, nan=0.0)
+    return mean, scale
 
 
 def _canonical_bytes(
