@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # BentoML's adaptive batching needs at least 2
     max_batch_size: int = Field(8, ge=2)
     max_latency_ms: int = Field(10_000, ge=1)
+    # longest a lone inference call is held back to wait for others to batch with (serving/batching.py)
+    max_batch_wait_ms: float = Field(5.0, ge=0)
     runner_workers: int = Field(1, ge=1)
     api_workers: int = Field(1, ge=1)
     # 0: torch's default

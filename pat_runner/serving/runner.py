@@ -21,6 +21,7 @@ import torch
 from pat_runner import telemetry
 from pat_runner.model.backends import Backend, default_cache_dir, select_backend
 from pat_runner.model.store import StoredPAT, load_stored_pat, resolve_model
+from pat_runner.serving.batching import bound_batch_wait
 from pat_runner.serving.lifecycle import drain_after, stop_server_on_failure
 from pat_runner.serving.spread import WorkerSocketMiddleware
 from pat_runner.settings import get_settings
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 # The API service (service.py) that calls this one; it must drain before this service stops.
 API_SERVICE_NAME = "pat_service"
 settings = get_settings()
+bound_batch_wait(settings.max_batch_wait_ms / 1000)
 
 
 def pick_device(requested: str) -> str:
