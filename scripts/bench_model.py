@@ -32,7 +32,6 @@ import argparse
 import importlib.util
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,7 @@ from pat_runner.model.backends import (  # noqa: E402
 )
 from pat_runner.model.model import PAT, PATConfig  # noqa: E402
 from pat_runner.settings import Settings  # noqa: E402
+from scripts.timing import time_batches  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "pat_reference"
 KERAS_SCRIPT = ROOT / "scripts" / "keras_reference.py"
@@ -114,23 +114,7 @@ def worker(size: str, backend_name: str, batches: list[int], seconds: float, dev
     backend = build_backend(backend_name, model, device, cache_dir=cache, threads=threads)
     windows = calibration_windows()
     gate = accuracy_gate(TorchBackend(model, device).run(windows), backend.run(windows))
-    rows = []
-    for batch in batches:
-        weeks = np.repeat(windows[:1], batch, axis=0)
-        backend.run(weeks)
-        durations: list[float] = []
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline or len(durations) < 3:
-            start = time.perf_counter()
-            backend.run(weeks)
-            durations.append(time.perf_counter() - start)
-        rows.append(
-            {
-                "batch": batch,
-                "weeks_per_s": batch * len(durations) / sum(durations),
-                "latency_ms_p50": 1000 * statistics.median(durations),
-            }
-        )
+    rows = time_batches(backend.run, windows[0], batches, seconds)
     return {
         "size": size,
         "backend": backend_name,

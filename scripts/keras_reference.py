@@ -27,9 +27,7 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pat_runner.model import PAT_SIZES, WEEK_MINUTES  # noqa: E402  (torch-free constants)
+from scripts.timing import time_batches  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "pat_reference"
 EMBED_DIM = 96
@@ -151,23 +150,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     graph = tf.function(lambda weeks: model(weeks, training=False))
     windows = np.load(args.windows)
     np.save(args.out, graph(windows).numpy())
-    rows = []
-    for batch in args.batches:
-        weeks = np.repeat(windows[:1], batch, axis=0)
-        graph(weeks)  # traces the graph for this batch shape
-        durations: list[float] = []
-        deadline = time.perf_counter() + args.seconds
-        while time.perf_counter() < deadline or len(durations) < 3:
-            start = time.perf_counter()
-            graph(weeks).numpy()
-            durations.append(time.perf_counter() - start)
-        rows.append(
-            {
-                "batch": batch,
-                "weeks_per_s": batch * len(durations) / sum(durations),
-                "latency_ms_p50": 1000 * statistics.median(durations),
-            }
-        )
+    # The first call per batch shape traces the graph; `.numpy()` waits for the result.
+    rows = time_batches(lambda weeks: graph(weeks).numpy(), windows[0], args.batches, args.seconds)
     return {
         "size": args.size,
         "backend": "keras",

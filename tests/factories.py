@@ -161,3 +161,13 @@ def model_info(**overrides: Any) -> ModelInfo:
     if "parameters" not in fields:
         fields["parameters"] = PAT(PATConfig.for_size(size)).parameter_count()
     return ModelInfo(**fields)
+
+
+class NamedClient:
+    """Stands in for a model-service client in the routing tests: a name to tell the picks apart."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def close(self) -> None:
+        pass

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from scripts.local_server import Server, start_server, stop_server
+from tests.drain import sigterm_during_batch
 from tests.factories import recording
 
 pytestmark = pytest.mark.integration
@@ -147,37 +148,11 @@ def test_killing_the_model_worker_under_load_gives_clean_503s_and_it_comes_back(
 def test_sigterm_mid_request_lets_the_request_complete(server: Server, headers: dict[str, str]) -> None:
     """Last in this module: it stops the server."""
     body = {"recordings": [recording(40_000 + i) for i in range(24)]}
-    outcome: dict[str, object] = {}
-
-    def call() -> None:
-        response = httpx.post(f"{server.url}/v1/analyze/batch", json=body, headers=headers, timeout=120)
-        outcome["response"] = response
-        outcome["done"] = time.monotonic()
-
-    caller = threading.Thread(target=call)
-    caller.start()
-    deadline = time.monotonic() + 30
-    while "response" not in outcome and time.monotonic() < deadline:
-        in_progress = [
-            line
-            for line in server.metrics().splitlines()
-            if line.startswith("bentoml_service_request_in_progress")
-            and 'endpoint="/v1/analyze/batch"' in line
-        ]
-        if in_progress and float(in_progress[0].rsplit(" ", 1)[1]) >= 1:
-            break
-        time.sleep(0.05)
-    server.process.send_signal(signal.SIGTERM)
-    terminated = time.monotonic()
-    caller.join()
-    exit_code = server.process.wait(timeout=GRACE_S + 30)
-
-    response = outcome["response"]
-    assert isinstance(response, httpx.Response)
-    assert outcome["done"] > terminated, "the request finished before SIGTERM; nothing was drained"
-    assert response.status_code == 200, response.text
-    assert all(item["result"] is not None for item in response.json()["results"])
-    assert exit_code == 0
+    drained = sigterm_during_batch(server, body, headers, grace_s=GRACE_S)
+    assert drained.finished_after_sigterm, "the request finished before SIGTERM; nothing was drained"
+    assert drained.response.status_code == 200, drained.response.text
+    assert all(item["result"] is not None for item in drained.response.json()["results"])
+    assert drained.exit_code == 0
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{server.url}/readyz", timeout=2)
 

@@ -11,17 +11,9 @@ from bentoml.exceptions import BentoMLException, ServiceUnavailable
 from pat_runner.errors import ModelUnavailable
 from pat_runner.serving.backpressure import call_model_service
 from pat_runner.serving.spread import ModelRoutes
+from tests.factories import NamedClient
 
-
-class Client:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    async def close(self) -> None:
-        pass
-
-
-SHARED, FIRST, SECOND = Client("shared"), Client("first"), Client("second")
+SHARED, FIRST, SECOND = NamedClient("shared"), NamedClient("first"), NamedClient("second")
 
 
 class Calls:
@@ -29,7 +21,7 @@ class Calls:
         self.outcomes = list(outcomes)
         self.clients: list[str] = []
 
-    async def __call__(self, client: Client) -> str:
+    async def __call__(self, client: NamedClient) -> str:
         self.clients.append(client.name)
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, BaseException):

@@ -33,20 +33,12 @@ from pat_runner.serving.spread import (
     open_routes,
     worker_socket_paths,
 )
+from tests.factories import NamedClient
+
+SHARED, FIRST, SECOND = NamedClient("shared"), NamedClient("first"), NamedClient("second")
 
 
-class Client:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    async def close(self) -> None:
-        pass
-
-
-SHARED, FIRST, SECOND = Client("shared"), Client("first"), Client("second")
-
-
-def names(routes: ModelRoutes[Client], calls: int) -> list[str]:
+def names(routes: ModelRoutes[NamedClient], calls: int) -> list[str]:
     return [routes.pick()[1].name for _ in range(calls)]
 
 
