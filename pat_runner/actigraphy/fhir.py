@@ -129,7 +129,7 @@ def _period(start: datetime, end: datetime) -> dict[str, str]:
     return {"start": _utc(start), "end": _utc(end)}
 
 
-Entry = dict[str, Any]
+Resource = dict[str, Any]
 
 
 def _fresh_urls(count: int) -> Iterator[str]:
@@ -185,7 +185,9 @@ def _onset_component(name: str, onset: str) -> dict[str, Any]:
     }
 
 
-def _recording_observations(entries: list[Entry], metrics: ActigraphyMetrics, period: dict[str, str]) -> None:
+def _recording_observations(
+    observations: list[Resource], metrics: ActigraphyMetrics, period: dict[str, str]
+) -> None:
     for metric in RECORDING_METRICS:
         value = getattr(metrics, metric)
         resource = _observation(metric, period, value, reason=metrics.reasons.get(metric))
@@ -195,27 +197,27 @@ def _recording_observations(entries: list[Entry], metrics: ActigraphyMetrics, pe
         onset = getattr(metrics, f"{metric}_onset", None)
         if onset is not None:
             resource["component"] = [_onset_component(metric, onset)]
-        entries.append(resource)
+        observations.append(resource)
 
 
-def _night_observations(entries: list[Entry], night: NightSleep, method: str) -> None:
+def _night_observations(observations: list[Resource], night: NightSleep, method: str) -> None:
     if night.sleep_onset is None or night.sleep_offset is None:
         return
     period = _period(night.sleep_onset, night.sleep_offset)
     for metric in NIGHT_METRICS:
         resource = _observation(metric, period, getattr(night, metric))
         resource["method"] = {"text": method}
-        entries.append(resource)
+        observations.append(resource)
 
 
-def _day_observations(entries: list[Entry], day: DayActivity) -> None:
+def _day_observations(observations: list[Resource], day: DayActivity) -> None:
     if not day.valid or day.sedentary_minutes is None:
         return
     period = _period(day.start, day.end)
     for metric in DAY_METRICS:
         resource = _observation(metric, period, getattr(day, metric))
         resource["method"] = {"text": "NHANES count cut-points (Troiano et al. 2008)"}
-        entries.append(resource)
+        observations.append(resource)
 
 
 def _device_resource(device: Mapping[str, str | None], subject: str | None) -> dict[str, Any]:
@@ -259,7 +261,7 @@ def _risk_assessment(
 
 def metric_observations(
     metrics: ActigraphyMetrics, *, period_start: datetime, period_end: datetime
-) -> list[Entry]:
+) -> list[Resource]:
     """The part of a Bundle that depends only on the computation: every Observation of one analysis,
     without the request's subject and device, each validated as an R4 `Observation`.
 
@@ -268,19 +270,19 @@ def metric_observations(
     only what each request adds. Raises ValueError for a naive period and pydantic's ValidationError
     for an invalid Observation.
     """
-    entries: list[Entry] = []
-    _recording_observations(entries, metrics, _period(period_start, period_end))
+    observations: list[Resource] = []
+    _recording_observations(observations, metrics, _period(period_start, period_end))
     for night in metrics.nights:
-        _night_observations(entries, night, sleep_method_text(metrics))
+        _night_observations(observations, night, sleep_method_text(metrics))
     for day in metrics.days:
-        _day_observations(entries, day)
-    for resource in entries:
+        _day_observations(observations, day)
+    for resource in observations:
         Observation.model_validate(resource)
-    return entries
+    return observations
 
 
 def assemble_bundle(
-    observations: list[Entry],
+    observations: list[Resource],
     *,
     subject: str | None,
     model: ModelInfo,
@@ -308,7 +310,7 @@ def assemble_bundle(
     # Resource ids are the server's own, random per Bundle: a client-chosen request id must not decide
     # them (two patients sent with one X-Request-ID would share urn:uuids).
     urls = _fresh_urls(len(observations) + 2)
-    entries: list[Entry] = []
+    entries: list[dict[str, Any]] = []
     references: dict[str, dict[str, str]] = {}
     if subject is not None:
         references["subject"] = {"reference": subject}
