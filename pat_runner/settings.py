@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(5.0, ge=0)
     runner_workers: int = Field(1, ge=1)
     api_workers: int = Field(1, ge=1)
-    # 0: torch's default
+    # 0: the CPUs this process may use, divided among the model workers (serving/runner.py)
     torch_threads: int = Field(0, ge=0)
     # inference backend (pat_runner/model/backends.py); auto: the fastest that passes the accuracy gate
     backend: Literal["auto", "torch", "torch-bf16", "onnxruntime", "tensorrt"] = Field("auto")

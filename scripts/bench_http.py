@@ -6,8 +6,9 @@ at each concurrency with distinct weeks, in JSON `values` and in compact `values
 the same backend's in-process weeks/s (batch 1), and `/v1/analyze` with the default outputs (metrics,
 PAT, FHIR): cache-miss and cache-hit latency, cache-hit throughput at the highest concurrency, and
 BentoML's floor for the same body (`POST /v1/bench/floor`, served with `PAT_BENCH_FLOOR=true`: the same
-middlewares, parsing and validation, no analysis). Auth is disabled (loopback server); the cache is
-the in-process one unless PAT_REDIS_URL is set.
+middlewares, parsing and validation, no analysis). Every load also reports the CPU time per answered
+request of the API workers, the model workers and this load generator, which share the machine's
+cores. Auth is disabled (loopback server); the cache is the in-process one unless PAT_REDIS_URL is set.
 
 Request bodies are serialised once, before timing: the load generator shares the machine's cores with
 the server, and encoding 10,080 numbers per request in it would be counted against the service.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -101,9 +103,23 @@ def timed(client: httpx.Client, path: str, bodies: list[bytes]) -> list[float]:
     return latencies
 
 
-def load(client: httpx.Client, path: str, bodies: list[bytes], concurrency: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of process `pid`."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load(
+    client: httpx.Client, path: str, bodies: list[bytes], concurrency: int, workers: dict[str, list[int]]
+) -> dict[str, float]:
     """Throughput (answered requests/s, one week each), latency percentiles and refusals (429/503 under
-    load: backpressure, not failures) of `bodies` at `concurrency`."""
+    load: backpressure, not failures) of `bodies` at `concurrency`, and the CPU time per answered request
+    of the API workers, the model workers and this load generator (all share the machine's cores)."""
     latencies: list[float] = []
     refused: list[int] = []
 
@@ -117,15 +133,25 @@ def load(client: httpx.Client, path: str, bodies: list[bytes], concurrency: int)
             raise RuntimeError(f"{path}: {response.status_code} {response.text[:300]}")
         latencies.append(time.perf_counter() - started)
 
+    cpu_before = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in workers.items()}
+    own_before = own_cpu_seconds()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(call, bodies))
+    elapsed = time.perf_counter() - started
+    answered = max(1, len(latencies))
+    cpu_ms = {
+        f"{name}_cpu_ms": 1000 * (sum(cpu_seconds(pid) for pid in pids) - cpu_before[name]) / answered
+        for name, pids in workers.items()
+    }
     return {
-        "weeks_per_s": len(latencies) / (time.perf_counter() - started),
+        "weeks_per_s": len(latencies) / elapsed,
         "p50_ms": 1000 * percentile(latencies, 50),
         "p95_ms": 1000 * percentile(latencies, 95),
         "p99_ms": 1000 * percentile(latencies, 99),
         "refused": len(refused),
+        **cpu_ms,
+        "client_cpu_ms": 1000 * (own_cpu_seconds() - own_before) / answered,
     }
 
 
@@ -163,8 +189,11 @@ def bench_model(h5: Path | None, backend: str, args: argparse.Namespace) -> dict
         single = timed(client, "/v1/embed", bodies[: args.single])
 
         http_backend = client.get("/v1/models").json()["models"][0]["backend"]
-        loads = {f"c{c}": load(client, "/v1/embed", bodies, c) for c in args.concurrency}
-        loads[f"c{top}_b64"] = load(client, "/v1/embed", encoded([compact_body(w) for w in weeks]), top)
+        workers = {"api": server.worker_pids("pat_service"), "model": server.worker_pids("pat_model")}
+        loads = {f"c{c}": load(client, "/v1/embed", bodies, c, workers) for c in args.concurrency}
+        loads[f"c{top}_b64"] = load(
+            client, "/v1/embed", encoded([compact_body(w) for w in weeks]), top, workers
+        )
 
         # /v1/analyze with the default outputs: a few weeks one after another (misses, then hits), the
         # rest at the top concurrency (misses: capacity without cache hits), then all of them again at
@@ -174,15 +203,16 @@ def bench_model(h5: Path | None, backend: str, args: argparse.Namespace) -> dict
         hit = timed(client, "/v1/analyze", analyses[: args.single])
         assert post(client, "/v1/analyze", analyses[0]).json()["cache"] == "hit"
         floor = timed(client, "/v1/bench/floor", analyses[: args.single])
-        misses = load(client, "/v1/analyze", analyses[args.single :], top)
-        hits = load(client, "/v1/analyze", analyses, top)
-        floors = load(client, "/v1/bench/floor", analyses, top)
+        misses = load(client, "/v1/analyze", analyses[args.single :], top, workers)
+        hits = load(client, "/v1/analyze", analyses, top, workers)
+        floors = load(client, "/v1/bench/floor", analyses, top, workers)
     finally:
         stop_server(server)
     return {
         "model": tag,
         "backend": f"{backend}->{http_backend}",
         "in_process_backend": served_backend,
+        "runner_workers": args.runner_workers,
         "encode_weeks_per_s": encode_rate,
         "cold_start_s": cold_start,
         "single_p50_ms": 1000 * statistics.median(single),

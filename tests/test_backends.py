@@ -3,6 +3,7 @@ weeks, and the start-up choice (`select_backend`) that serves only backends pass
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from pat_runner.model.backends import (
     select_backend,
 )
 from pat_runner.model.model import PAT
-from pat_runner.serving.runner import run_model
+from pat_runner.serving.runner import run_model, worker_threads
 from pat_runner.settings import Settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -228,3 +229,11 @@ def test_a_chunked_backend_gives_the_outputs_of_one_forward_pass(models: dict[st
         else:
             assert probability is not None
             np.testing.assert_allclose(probability, reference[1], rtol=1e-5, atol=1e-6)
+
+
+def test_model_workers_share_the_cpus_unless_threads_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert worker_threads(0, 1) == 8
+    assert worker_threads(0, 2) == 4
+    assert worker_threads(0, 16) == 1
+    assert worker_threads(3, 2) == 3

@@ -11,6 +11,7 @@ With `PAT_RUNNER_WORKERS` > 1 the API service calls the workers in turn (`servin
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,14 @@ def pick_device(requested: str) -> str:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"PAT_DEVICE={requested} but torch sees no CUDA device")
     return requested
+
+
+def worker_threads(configured: int, workers: int) -> int:
+    """Intra-op threads of one model worker: `PAT_TORCH_THREADS` when set, else this process's CPUs shared
+    among the workers, so that N workers never start N threads per CPU between them."""
+    if configured > 0:
+        return configured
+    return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
 def output_dtype(num_patches: int, embed_dim: int, *, attention: bool = False) -> np.dtype:
@@ -100,8 +109,8 @@ class PATModel:
 
     def __init__(self) -> None:
         with stop_server_on_failure("model"):
-            if settings.torch_threads > 0:
-                torch.set_num_threads(settings.torch_threads)
+            threads = worker_threads(settings.torch_threads, settings.runner_workers)
+            torch.set_num_threads(threads)
             self.device = pick_device(settings.device)
             self.stored = load_stored_pat(self.model_ref, device=self.device)
             cache_dir = (
@@ -114,7 +123,7 @@ class PATModel:
                 settings.backend,
                 self.device,
                 cache_dir=cache_dir,
-                threads=settings.torch_threads or torch.get_num_threads(),
+                threads=threads,
                 bench_seconds=settings.backend_bench_seconds,
             )
             drain_after(API_SERVICE_NAME, settings.shutdown_grace_s)
