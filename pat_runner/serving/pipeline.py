@@ -183,7 +183,9 @@ class Analyzer:
                 pre = await anyio.to_thread.run_sync(
                     lambda: preprocess(raw, scaler=self.scaler, settings=self.settings)
                 )
-        facts = InputFacts(input_sha256=input_digest(pre), minutes=len(pre.minutes), model_tag=self.model.tag)
+        facts = InputFacts(
+            input_sha256=input_digest(pre), minutes=pre.quality.total_minutes, model_tag=self.model.tag
+        )
         return pre, facts
 
     async def run_pat(
@@ -230,7 +232,7 @@ class Analyzer:
     async def _compute(self, pre: Preprocessed, raw: RawRecording, plan: Plan) -> ComputedResult:
         metrics, observations = None, None
         if plan.metrics:
-            with telemetry.span("metrics", minutes=len(pre.minutes)):
+            with telemetry.span("metrics", minutes=pre.quality.total_minutes):
                 metrics = await anyio.to_thread.run_sync(
                     lambda: actigraphy_metrics(
                         pre.minutes,
