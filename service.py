@@ -45,7 +45,7 @@ from pat_runner.serving.http import (
 )
 from pat_runner.serving.lifecycle import check_startup_config, install_fatal_exit, stop_server_on_failure
 from pat_runner.serving.openapi import enrich
-from pat_runner.serving.pipeline import Analyzer, InputFacts, to_raw
+from pat_runner.serving.pipeline import Analyzer, InputFacts, ModelOutput, to_raw
 from pat_runner.serving.runner import PATModel
 from pat_runner.serving.schemas import (
     MAX_VALUES,
@@ -67,6 +67,12 @@ from pat_runner.settings import get_settings
 DEFAULT_ANALYZE = AnalyzeOptions()
 DEFAULT_EMBED = EmbedOptions()
 MODEL_INFO_TIMEOUT_S = 5.0
+# The model service's batchable endpoint for each output the pipeline asks for.
+MODEL_METHODS: dict[ModelOutput, str] = {
+    "embedding": "infer",
+    "patches": "infer_patches",
+    "attention": "infer_attention",
+}
 settings = get_settings()
 configure_logging(settings.log_level)
 downgrade_client_error_logs()
@@ -126,7 +132,6 @@ class PATService:
                 infer=self._infer,
                 cache=self.cache,
                 settings=settings,
-                infer_attention=self._infer_attention,
             )
             # BentoML's client alone until start-up adds one per model worker (spread.py).
             self.model_routes: ModelRoutes[Any] = ModelRoutes(self.model_service)
@@ -136,13 +141,11 @@ class PATService:
     async def route_to_model_workers(self) -> None:
         self.model_routes = await open_routes(self.model_service, PATModel, settings.runner_workers)
 
-    async def _infer(self, windows: np.ndarray) -> np.ndarray:
+    async def _infer(self, windows: np.ndarray, output: ModelOutput) -> np.ndarray:
         # The dependency's client gets its endpoints only after __init__, at server start-up.
-        return await call_model_service(lambda model: model.to_async.infer(windows), self.model_routes)
-
-    async def _infer_attention(self, windows: np.ndarray) -> np.ndarray:
+        method = MODEL_METHODS[output]
         return await call_model_service(
-            lambda model: model.to_async.infer_attention(windows), self.model_routes
+            lambda model: getattr(model.to_async, method)(windows), self.model_routes
         )
 
     @bentoml.on_shutdown

@@ -30,7 +30,7 @@ from pat_runner.model import WEEK_MINUTES  # noqa: E402
 from pat_runner.model.backends import TorchBackend  # noqa: E402
 from pat_runner.model.store import load_stored_pat, read_model_info, read_stored_scaler  # noqa: E402
 from pat_runner.serving.pipeline import Analyzer, to_raw  # noqa: E402
-from pat_runner.serving.runner import run_model  # noqa: E402
+from pat_runner.serving.runner import local_infer  # noqa: E402
 from pat_runner.serving.schemas import AnalyzeOptions, Recording  # noqa: E402
 from pat_runner.settings import Settings  # noqa: E402
 
@@ -86,13 +86,10 @@ def in_process(body: dict[str, Any], tag: str) -> dict[str, Any]:
     # The container serves with PAT_BACKEND=torch (container_check.sh): the fp32 reference path here too.
     backend = TorchBackend(load_stored_pat(tag).model, "cpu")
 
-    async def infer(windows: np.ndarray) -> np.ndarray:
-        return run_model(backend, windows)
-
     analyzer = Analyzer(
         model=read_model_info(tag),
         scaler=read_stored_scaler(tag),
-        infer=infer,
+        infer=local_infer(backend),
         cache=ResultCache.from_settings(settings),
         settings=settings,
     )

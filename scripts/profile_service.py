@@ -30,7 +30,7 @@ from pat_runner.model.backends import TorchBackend  # noqa: E402
 from pat_runner.model.store import demo_pat, ensure_demo_model, read_model_info  # noqa: E402
 from pat_runner.serving.compact import encode_values  # noqa: E402
 from pat_runner.serving.pipeline import Analyzer, to_raw  # noqa: E402
-from pat_runner.serving.runner import run_model  # noqa: E402
+from pat_runner.serving.runner import local_infer  # noqa: E402
 from pat_runner.serving.schemas import AnalyzeOptions, Recording  # noqa: E402
 from pat_runner.settings import Settings  # noqa: E402
 
@@ -44,13 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings().replace(redis_url="", cache_keys="", cache_hmac_key="")
     backend = TorchBackend(demo_pat(), "cpu")
 
-    async def infer(windows: np.ndarray) -> np.ndarray:
-        return run_model(backend, windows)
-
     analyzer = Analyzer(
         model=read_model_info(ensure_demo_model()),
         scaler=None,
-        infer=infer,
+        infer=local_infer(backend),
         cache=ResultCache.from_settings(settings),
         settings=settings,
     )

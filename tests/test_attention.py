@@ -11,8 +11,8 @@ from pat_runner.cache.cache import ResultCache
 from pat_runner.model import WEEK_MINUTES
 from pat_runner.model.backends import TorchBackend
 from pat_runner.model.store import StoredPAT
-from pat_runner.serving.pipeline import Analyzer, minute_attention, to_raw
-from pat_runner.serving.runner import run_attention, run_model
+from pat_runner.serving.pipeline import Analyzer, ModelOutput, minute_attention, to_raw
+from pat_runner.serving.runner import local_infer, run_attention, run_model
 from pat_runner.serving.schemas import AnalyzeOptions
 from tests.factories import recording
 from tests.test_pipeline import SETTINGS, as_recording, stored  # noqa: F401  (fixture)
@@ -27,7 +27,8 @@ def test_attention_path_gives_the_fast_paths_embeddings(stored: StoredPAT) -> No
     fast = run_model(TorchBackend(stored.model, "cpu"), x)
     explicit = run_attention(stored, x, "cpu")
     assert "attention" not in fast.dtype.names
-    np.testing.assert_allclose(explicit["patches"], fast["patches"], atol=2e-5, rtol=0)
+    assert "patches" not in explicit.dtype.names
+    np.testing.assert_allclose(explicit["embedding"], fast["embedding"], atol=2e-5, rtol=0)
     received = explicit["attention"]
     assert received.shape == (3, WEEK_MINUTES // stored.model.config.patch_size)
     np.testing.assert_allclose(received.sum(axis=1), 1.0, atol=1e-4)
@@ -52,21 +53,17 @@ def test_minute_attention_spreads_each_patch_over_its_minutes() -> None:
 
 
 async def test_analyzer_batches_attention_windows_and_keeps_embeddings(stored: StoredPAT) -> None:  # noqa: F811
-    calls: dict[str, list[int]] = {"fast": [], "attention": []}
+    calls: dict[str, list[int]] = {"embedding": [], "attention": []}
+    model = local_infer(TorchBackend(stored.model, "cpu"), stored)
 
-    async def infer(x: np.ndarray) -> np.ndarray:
-        calls["fast"].append(len(x))
-        return run_model(TorchBackend(stored.model, "cpu"), x)
-
-    async def infer_attention(x: np.ndarray) -> np.ndarray:
-        calls["attention"].append(len(x))
-        return run_attention(stored, x, "cpu")
+    async def infer(x: np.ndarray, output: ModelOutput) -> np.ndarray:
+        calls[output].append(len(x))
+        return await model(x, output)
 
     analyzer = Analyzer(
         model=stored.info,
         scaler=None,
         infer=infer,
-        infer_attention=infer_attention,
         cache=ResultCache.from_settings(SETTINGS),
         settings=SETTINGS,
     )
@@ -75,7 +72,7 @@ async def test_analyzer_batches_attention_windows_and_keeps_embeddings(stored: S
     with_attention = (
         await analyzer.analyze(raw, AnalyzeOptions(outputs=["attention"]), request_id="b")
     ).response
-    assert calls == {"fast": [2], "attention": [2]}
+    assert calls == {"embedding": [2], "attention": [2]}
     assert with_attention.metrics is None and with_attention.fhir is None
     for fast, explained in zip(plain.pat.windows, with_attention.pat.windows, strict=True):
         assert fast.attention == []

@@ -24,7 +24,7 @@ from pat_runner.cache.cache import ResultCache  # noqa: E402
 from pat_runner.model.backends import TorchBackend  # noqa: E402
 from pat_runner.model.store import demo_pat  # noqa: E402
 from pat_runner.serving.pipeline import Analyzer, to_raw  # noqa: E402
-from pat_runner.serving.runner import run_model  # noqa: E402
+from pat_runner.serving.runner import local_infer  # noqa: E402
 from pat_runner.serving.schemas import AnalyzeOptions, Recording  # noqa: E402
 from pat_runner.settings import Settings  # noqa: E402
 from scripts.bench_backfill import cohort_rows, write_cohort  # noqa: E402
@@ -65,13 +65,10 @@ def run_cli(source: Path, out: Path, home: Path) -> dict[str, Any]:
 def service_analyzer(tag: str) -> Analyzer:
     backend = TorchBackend(demo_pat().eval(), "cpu")
 
-    async def infer(windows: np.ndarray) -> np.ndarray:
-        return run_model(backend, windows)
-
     return Analyzer(
         model=model_info(tag=tag),
         scaler=None,
-        infer=infer,
+        infer=local_infer(backend),
         cache=ResultCache.from_settings(SETTINGS),
         settings=SETTINGS,
     )

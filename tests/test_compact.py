@@ -15,7 +15,7 @@ from pat_runner.model.backends import TorchBackend
 from pat_runner.model.store import demo_pat
 from pat_runner.serving.compact import encode_values
 from pat_runner.serving.pipeline import Analyzer, to_raw
-from pat_runner.serving.runner import run_model
+from pat_runner.serving.runner import local_infer
 from pat_runner.serving.schemas import AnalyzeOptions, Recording
 from pat_runner.settings import Settings
 from tests.factories import model_info, recording
@@ -37,13 +37,10 @@ def validate(body: dict) -> Recording:
 def analyzer() -> Analyzer:
     backend = TorchBackend(demo_pat(), "cpu")
 
-    async def infer(windows: np.ndarray) -> np.ndarray:
-        return run_model(backend, windows)
-
     return Analyzer(
         model=model_info(),
         scaler=None,
-        infer=infer,
+        infer=local_infer(backend),
         cache=ResultCache.from_settings(SETTINGS),
         settings=SETTINGS,
     )

@@ -20,8 +20,8 @@ from pat_runner.model.backends import TorchBackend
 from pat_runner.model.store import StoredPAT, demo_pat
 from pat_runner.serving.audit import AuditMiddleware
 from pat_runner.serving.auth import FirebaseAuthMiddleware
-from pat_runner.serving.pipeline import Analyzer, to_raw
-from pat_runner.serving.runner import run_model
+from pat_runner.serving.pipeline import Analyzer, ModelOutput, to_raw
+from pat_runner.serving.runner import local_infer, run_model
 from pat_runner.serving.schemas import AnalyzeOptions, Recording
 from tests.factories import make_settings, model_info, recording
 
@@ -43,12 +43,13 @@ def stored() -> StoredPAT:
 
 def make_analyzer(stored: StoredPAT, *, fail: bool = False) -> tuple[Analyzer, list[int]]:
     batches: list[int] = []
+    model = local_infer(TorchBackend(stored.model, "cpu"))
 
-    async def infer(windows: np.ndarray) -> np.ndarray:
+    async def infer(windows: np.ndarray, output: ModelOutput) -> np.ndarray:
         if fail:
             raise ConnectionError("model service down")
         batches.append(len(windows))
-        return run_model(TorchBackend(stored.model, "cpu"), windows)
+        return await model(windows, output)
 
     return Analyzer(
         model=stored.info,
@@ -71,10 +72,8 @@ async def test_analysis_then_cache_hit(stored: StoredPAT) -> None:
     second = (await analyzer.analyze(to_raw(rec), AnalyzeOptions(), request_id="r2")).response
     assert second.cache == "hit" and batches == [3]
     assert second.pat == first.pat and second.metrics == first.metrics
-    embedding = run_model(TorchBackend(stored.model, "cpu"), analyzer_windows(analyzer, rec))["patches"][
-        0
-    ].mean(axis=0)
-    np.testing.assert_allclose(first.pat.windows[0].embedding, embedding, atol=1e-6)
+    patches = run_model(TorchBackend(stored.model, "cpu"), analyzer_windows(analyzer, rec), per_patch=True)
+    np.testing.assert_allclose(first.pat.windows[0].embedding, patches["patches"][0].mean(axis=0), atol=1e-6)
 
 
 def analyzer_windows(analyzer: Analyzer, rec: Recording) -> np.ndarray:

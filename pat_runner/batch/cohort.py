@@ -127,7 +127,7 @@ class PatEncoder:
         probabilities: list[np.ndarray] = []
         if sum(counts):
             records = run_model(self.backend, np.concatenate(windows))
-            flat_embeddings = records["patches"].mean(axis=1)
+            flat_embeddings = records["embedding"]
             flat_probabilities = records["probability"]
         else:
             flat_embeddings = np.zeros((0, 0), dtype=np.float32)

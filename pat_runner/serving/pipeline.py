@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Literal
 
 import anyio.to_thread
 import numpy as np
@@ -40,7 +41,10 @@ from pat_runner.serving.schemas import (
 )
 from pat_runner.settings import Settings
 
-Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+# What a model call returns per window besides the pooled embedding and the head's probability: nothing,
+# the per-patch embeddings, or the attention each patch receives (`serving/runner.py`).
+ModelOutput = Literal["embedding", "patches", "attention"]
+Infer = Callable[[np.ndarray, ModelOutput], Awaitable[np.ndarray]]
 Scaler = tuple[np.ndarray, np.ndarray]
 WEEK = timedelta(minutes=WEEK_MINUTES)
 DEMO_PAT_WARNING = (
@@ -162,14 +166,11 @@ class Analyzer:
         infer: Infer,
         cache: ResultCache,
         settings: Settings,
-        infer_attention: Infer | None = None,
     ) -> None:
         self.model = model
         self.summary = ModelSummary.of(model)
         self.scaler = scaler
         self.infer = infer
-        # The explicit-attention forward pass, for `options.outputs` with "attention".
-        self.infer_attention = infer_attention
         self.cache = cache
         self.settings = settings
 
@@ -188,18 +189,11 @@ class Analyzer:
         )
         return pre, facts
 
-    async def run_pat(
-        self, pre: Preprocessed, *, per_patch: bool, attention: bool = False
-    ) -> tuple[PatOutput, str | None]:
+    async def run_pat(self, pre: Preprocessed, output: ModelOutput) -> tuple[PatOutput, str | None]:
         """PAT outputs per window and the name of the backend that computed them."""
-        infer = self.infer
-        if attention:
-            if self.infer_attention is None:
-                raise ModelUnavailable("this service was started without the attention output")
-            infer = self.infer_attention
         with telemetry.span("inference", windows=len(pre.windows), model_tag=self.model.tag):
             try:
-                records = await infer(pre.windows)
+                records = await self.infer(pre.windows, output)
             except ModelUnavailable:
                 raise
             except Exception as exc:
@@ -212,7 +206,6 @@ class Analyzer:
         for i, (start, observed) in enumerate(
             zip(pre.window_starts, pre.window_observed_fraction, strict=True)
         ):
-            patches = records["patches"][i]
             probability = float(records["probability"][i])
             windows.append(
                 PatWindow(
@@ -220,10 +213,10 @@ class Analyzer:
                     start=start,
                     end=start + WEEK,
                     observed_fraction=float(observed),
-                    embedding=patches.mean(axis=0).tolist(),
+                    embedding=records["embedding"][i].tolist(),
                     probability=None if np.isnan(probability) else probability,
-                    patches=patches.tolist() if per_patch else [],
-                    attention=minute_attention(records["attention"][i]) if attention else [],
+                    patches=records["patches"][i].tolist() if output == "patches" else [],
+                    attention=minute_attention(records["attention"][i]) if output == "attention" else [],
                 )
             )
         backend = records["backend"][0].decode() if len(records) else None
@@ -252,7 +245,9 @@ class Analyzer:
                     )
                 )
         pat, backend = (
-            await self.run_pat(pre, per_patch=False, attention=plan.attention) if plan.pat else (None, None)
+            await self.run_pat(pre, "attention" if plan.attention else "embedding")
+            if plan.pat
+            else (None, None)
         )
         return ComputedResult(
             quality=pre.quality,
@@ -315,7 +310,7 @@ class Analyzer:
 
     async def embed(self, raw: RawRecording, *, per_patch: bool, request_id: str) -> Embedding:
         pre, facts = await self.preprocess(raw)
-        pat, backend = await self.run_pat(pre, per_patch=per_patch)
+        pat, backend = await self.run_pat(pre, "patches" if per_patch else "embedding")
         warnings = list(pre.warnings)
         if self.model.demo:
             warnings.append(DEMO_EMBED_WARNING)

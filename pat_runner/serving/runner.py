@@ -2,9 +2,11 @@
 
 `PATModel.infer` is batchable: BentoML gathers concurrent calls (up to `PAT_MAX_BATCH_SIZE` week windows
 or `PAT_MAX_LATENCY_MS`), stacks their `(n, T)` arrays along axis 0, runs one forward pass and splits
-the result again. Its output is a NumPy structured array, one record per window, so embeddings and the
-head's probability travel together through the batching machinery, with the name of the backend that
-computed them (`PAT_BACKEND`, chosen at start-up by `pat_runner.model.backends.select_backend`).
+the result again. Its output is a NumPy structured array, one record per window, so the pooled embedding
+and the head's probability travel together through the batching machinery, with the name of the backend
+that computed them (`PAT_BACKEND`, chosen at start-up by `pat_runner.model.backends.select_backend`).
+The per-patch embeddings (215 KB a week for PAT-S, 430 KB for PAT-L) cross to the API service only when
+a caller asked for them (`infer_patches`); `infer_attention` adds the attention each patch receives.
 With `PAT_RUNNER_WORKERS` > 1 the API service calls the workers in turn (`serving/spread.py`).
 """
 
@@ -24,6 +26,7 @@ from pat_runner.model.backends import Backend, default_cache_dir, select_backend
 from pat_runner.model.store import StoredPAT, load_stored_pat, resolve_model
 from pat_runner.serving.batching import bound_batch_wait
 from pat_runner.serving.lifecycle import drain_after, stop_server_on_failure
+from pat_runner.serving.pipeline import Infer, ModelOutput
 from pat_runner.serving.spread import WorkerSocketMiddleware
 from pat_runner.settings import get_settings
 
@@ -51,29 +54,52 @@ def worker_threads(configured: int, workers: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
-def output_dtype(num_patches: int, embed_dim: int, *, attention: bool = False) -> np.dtype:
-    """One record per week window: per-patch embeddings, the head's probability (NaN without head) and
-    the backend that computed them; with `attention`, also the last layer's head-averaged attention
-    each patch receives."""
+def output_dtype(
+    num_patches: int, embed_dim: int, *, per_patch: bool = False, attention: bool = False
+) -> np.dtype:
+    """One record per week window: the mean-pooled embedding, the head's probability (NaN without head)
+    and the backend that computed them; with `per_patch`, also the per-patch embeddings; with
+    `attention`, also the last layer's head-averaged attention each patch receives."""
     fields = [
-        ("patches", np.float32, (num_patches, embed_dim)),
+        ("embedding", np.float32, (embed_dim,)),
         ("probability", np.float32),
         ("backend", "S16"),
     ]
+    if per_patch:
+        fields.append(("patches", np.float32, (num_patches, embed_dim)))
     if attention:
         fields.append(("attention", np.float32, (num_patches,)))
     return np.dtype(fields)
 
 
-def run_model(backend: Backend, windows: np.ndarray) -> np.ndarray:
+def to_records(
+    patches: np.ndarray,
+    probability: np.ndarray | None,
+    backend: str,
+    *,
+    per_patch: bool = False,
+    attention: np.ndarray | None = None,
+) -> np.ndarray:
+    """`(n, P, D)` per-patch embeddings (and what comes with them) → one record per window."""
+    n, num_patches, embed_dim = patches.shape
+    out = np.empty(
+        n, dtype=output_dtype(num_patches, embed_dim, per_patch=per_patch, attention=attention is not None)
+    )
+    out["embedding"] = patches.mean(axis=1)
+    out["probability"] = probability if probability is not None else np.nan
+    out["backend"] = backend
+    if per_patch:
+        out["patches"] = patches
+    if attention is not None:
+        out["attention"] = attention
+    return out
+
+
+def run_model(backend: Backend, windows: np.ndarray, *, per_patch: bool = False) -> np.ndarray:
     """Encode `(n, T)` standardized windows with `backend`; the pure function behind the BentoML API,
     tested directly."""
     patches, probability = backend.run(windows)
-    out = np.empty(len(windows), dtype=output_dtype(patches.shape[1], patches.shape[2]))
-    out["patches"] = patches
-    out["probability"] = probability if probability is not None else np.nan
-    out["backend"] = backend.name
-    return out
+    return to_records(patches, probability, backend.name, per_patch=per_patch)
 
 
 def run_attention(stored: StoredPAT, windows: np.ndarray, device: str) -> np.ndarray:
@@ -85,12 +111,26 @@ def run_attention(stored: StoredPAT, windows: np.ndarray, device: str) -> np.nda
     with torch.inference_mode():
         patches, weights = model.encode(x, return_attention=True)
         probability = model.head_proba(patches) if model.config.has_head else None
-    out = np.empty(len(windows), dtype=output_dtype(patches.shape[1], patches.shape[2], attention=True))
-    out["patches"] = patches.float().cpu().numpy()
-    out["probability"] = probability[:, 0].float().cpu().numpy() if probability is not None else np.nan
-    out["backend"] = "torch"
-    out["attention"] = weights.mean(dim=1).float().cpu().numpy()
-    return out
+    return to_records(
+        patches.float().cpu().numpy(),
+        probability[:, 0].float().cpu().numpy() if probability is not None else None,
+        "torch",
+        attention=weights.mean(dim=1).float().cpu().numpy(),
+    )
+
+
+def local_infer(backend: Backend, stored: StoredPAT | None = None, device: str = "cpu") -> Infer:
+    """The model service's three calls, in this process: what tests and scripts use in
+    place of `PATModel` (attention needs `stored`, the fp32 reference model)."""
+
+    async def infer(windows: np.ndarray, output: ModelOutput) -> np.ndarray:
+        if output == "attention":
+            if stored is None:
+                raise ValueError("the attention output needs the stored fp32 model")
+            return run_attention(stored, windows, device)
+        return run_model(backend, windows, per_patch=output == "patches")
+
+    return infer
 
 
 @bentoml.service(
@@ -148,6 +188,18 @@ class PATModel:
         """`(n, T)` float32 standardized week windows → structured records (see `output_dtype`)."""
         with telemetry.timer() as elapsed:
             records = run_model(self.backend, windows)
+        telemetry.record_inference(len(windows), elapsed.seconds, worker=bentoml.server_context.worker_index)
+        return records
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=settings.max_batch_size,
+        max_latency_ms=settings.max_latency_ms,
+    )
+    def infer_patches(self, windows: np.ndarray) -> np.ndarray:
+        """As `infer`, with the `patches` field (`/v1/embed` with `options.per_patch`)."""
+        with telemetry.timer() as elapsed:
+            records = run_model(self.backend, windows, per_patch=True)
         telemetry.record_inference(len(windows), elapsed.seconds, worker=bentoml.server_context.worker_index)
         return records
 
