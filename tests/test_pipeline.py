@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import ModelUnavailable
+from pat_runner.model import WEEK_MINUTES
 from pat_runner.model.backends import TorchBackend
 from pat_runner.model.store import StoredPAT, demo_pat
 from pat_runner.serving.audit import AuditMiddleware
@@ -101,6 +102,19 @@ async def test_embed_per_patch(stored: StoredPAT) -> None:
     patches = np.array(result.pat.windows[0].patches)
     assert patches.shape == (560, 96)
     np.testing.assert_allclose(patches.mean(axis=0), result.pat.windows[0].embedding, atol=1e-6)
+
+
+def test_model_calls_carry_the_patches_only_when_asked(stored: StoredPAT) -> None:
+    backend = TorchBackend(stored.model, "cpu")
+    x = np.random.default_rng(2).standard_normal((3, WEEK_MINUTES)).astype(np.float32)
+    pooled, per_patch = run_model(backend, x), run_model(backend, x, per_patch=True)
+    # 96 floats a week instead of 560 x 96 through the model service's pickling and HTTP.
+    assert pooled.dtype.names == ("embedding", "probability", "backend")
+    assert pooled.itemsize < 1_000 < 200_000 < per_patch.itemsize
+    # Pooling in the model service is the same float32 mean the pipeline took per window before.
+    for i in range(3):
+        assert np.array_equal(pooled["embedding"][i], per_patch["patches"][i].mean(axis=0))
+    assert np.array_equal(pooled["embedding"], per_patch["embedding"])
 
 
 # ---- the span tree of one real request ----
