@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pat_runner.actigraphy.readers import MAX_FILENAME_CHARS
 from pat_runner.errors import ServiceError
+from pat_runner.serving.routes import READYZ
 
 logger = logging.getLogger("pat.http")
 
@@ -44,6 +45,7 @@ CODE_BY_STATUS = {
     503: "service_unavailable",
     504: "timeout",
 }
+NOT_READY_MESSAGE = "the model service is not ready yet; retry later"
 CODE_MESSAGES = {
     404: "no such endpoint",
     405: "method not allowed on this endpoint",
@@ -145,6 +147,14 @@ class ErrorEnvelopeMiddleware:
         try:
             await self.app(scope, receive, capture)
         except Exception as exc:
+            if scope.get("path") == READYZ and not forwarded:
+                # BentoML's readiness check lets the errors of its call to the model service through
+                # (a timeout while that service still loads the model, a refused connection): that is
+                # "not ready", expected at every start, not a fault of this service.
+                logger.info("readiness: the model service did not answer (%s)", type(exc).__name__)
+                body = error_body(CODE_BY_STATUS[503], NOT_READY_MESSAGE, request_id_of(scope))
+                await JSONResponse(body, status_code=503)(scope, _no_receive, send)
+                return
             # The traceback may quote request data: log the type only, with the request id.
             logger.error(
                 "unhandled %s answered with 500",

@@ -23,6 +23,8 @@ MODELS = "/v1/models"
 CACHE_INVALIDATE = "/v1/cache/invalidate"
 # Only served with PAT_BENCH_FLOOR=true (scripts/bench_http.py).
 BENCH_FLOOR = "/v1/bench/floor"
+# BentoML's readiness probe: 200 once the model service answers its own.
+READYZ = "/readyz"
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class Rule:
 
 ENDPOINT_POLICY: dict[str, Rule] = {
     "/livez": Rule(open=True),
-    "/readyz": Rule(open=True),
+    READYZ: Rule(open=True),
     "/healthz": Rule(open=True),
     ANALYZE: Rule(ROLES),
     ANALYZE_BATCH: Rule(ROLES),
