@@ -2,18 +2,18 @@
 
     python scripts/bench_encode.py [--sizes S M L] [--batch 1 4] [--seconds 3] [--device cpu|cuda]
 
-Each size/batch pair is warmed up, then timed for about `--seconds`; the table shows weeks/s and the
-median latency of one call.
+Each size/batch pair is warmed up (3 calls), then timed for about `--seconds` (`scripts/timing.py`); the
+table shows weeks/s and the median latency of one call, from host memory as the service calls the model.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,27 +21,19 @@ sys.path.insert(0, str(ROOT))
 
 from pat_runner.model import WEEK_MINUTES  # noqa: E402
 from pat_runner.model.model import PAT, PATConfig  # noqa: E402
+from scripts.timing import time_batches  # noqa: E402
 
 
-def measure(model: PAT, batch: int, seconds: float, device: str) -> tuple[float, float]:
-    """(weeks per second, median milliseconds per call) for `batch` weeks per call."""
-    weeks = torch.randn(batch, WEEK_MINUTES, device=device)
+def encoder(model: PAT, device: str) -> Callable[[np.ndarray], None]:
+    """One encode of host-memory weeks, as the service calls the model, finished on the device."""
 
-    def call() -> float:
-        start = time.perf_counter()
-        model.encode(weeks)
+    def run(weeks: np.ndarray) -> None:
+        with torch.inference_mode():
+            model.encode(torch.from_numpy(weeks).to(device))
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        return time.perf_counter() - start
 
-    with torch.inference_mode():
-        for _ in range(3):
-            call()
-        durations: list[float] = []
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline or len(durations) < 3:
-            durations.append(call())
-    return batch * len(durations) / sum(durations), 1000 * statistics.median(durations)
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,9 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'size':<6}{'batch':>6}{'weeks/s':>12}{'ms/call':>12}")
     for size in args.sizes:
         model = PAT(PATConfig.for_size(size)).to(args.device).eval()
-        for batch in args.batch:
-            weeks_per_s, ms = measure(model, batch, args.seconds, args.device)
-            print(f"PAT-{size:<2}{batch:>6}{weeks_per_s:>12.1f}{ms:>12.1f}", flush=True)
+        window = np.random.default_rng(0).standard_normal(WEEK_MINUTES).astype(np.float32)
+        for row in time_batches(encoder(model, args.device), window, args.batch, args.seconds, warmups=3):
+            rate, ms = row["weeks_per_s"], row["latency_ms_p50"]
+            print(f"PAT-{size:<2}{row['batch']:>6}{rate:>12.1f}{ms:>12.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 For each model and backend (`PAT_BACKEND`): cold start of `bentoml serve` (process start → /readyz
 200), single-request latency of `/v1/embed` (p50/p95, one week), throughput and p50/p95/p99 latency
 at each concurrency with distinct weeks, in JSON `values` and in compact `values_b64` form, next to
-the same backend's in-process weeks/s (batch 1), and `/v1/analyze` with the default outputs (metrics,
-PAT, FHIR): cache-miss and cache-hit latency, cache-hit throughput at the highest concurrency, and
-BentoML's floor for the same body (`POST /v1/bench/floor`, served with `PAT_BENCH_FLOOR=true`: the same
-middlewares, parsing and validation, no analysis). Every load also reports the CPU time per answered
-request of the API workers, the model workers and this load generator, which share the machine's
-cores. Auth is disabled (loopback server); the cache is the in-process one unless PAT_REDIS_URL is set.
+the same backend's in-process weeks/s (batch 1; the mean of one measurement before the server starts
+and one after it stops, both reported, since a shared VM's speed drifts), and `/v1/analyze` with the
+default outputs (metrics, PAT, FHIR): cache-miss and cache-hit latency, cache-hit throughput at the
+highest concurrency, and BentoML's floor for the same body (`POST /v1/bench/floor`, served with
+`PAT_BENCH_FLOOR=true`: the same middlewares, parsing and validation, no analysis). Every load also
+reports the CPU time per answered request of the API workers, the model workers and this load
+generator, which share the machine's cores. Auth is disabled (loopback server); the cache is the
+in-process one unless PAT_REDIS_URL is set.
 
 Request bodies are serialised once, before timing: the load generator shares the machine's cores with
 the server, and encoding 10,080 numbers per request in it would be counted against the service.
@@ -158,7 +160,7 @@ def load(
 def bench_model(h5: Path | None, backend: str, args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="pat-bench-"))
     tag = import_model(home, h5)
-    served_backend, encode_rate = in_process_weeks_per_s(home, tag, args.seconds, backend)
+    served_backend, encode_before = in_process_weeks_per_s(home, tag, args.seconds, backend)
     started = time.perf_counter()
     top = max(args.concurrency)
     server = start_server(
@@ -208,12 +210,18 @@ def bench_model(h5: Path | None, backend: str, args: argparse.Namespace) -> dict
         floors = load(client, "/v1/bench/floor", analyses, top, workers)
     finally:
         stop_server(server)
+    # Measured again once the server has stopped: on a shared VM the machine's speed drifts during the
+    # minutes of HTTP loads, and the ratios below divide by the mean of both ends.
+    _, encode_after = in_process_weeks_per_s(home, tag, args.seconds, served_backend)
+    encode_rate = (encode_before + encode_after) / 2
     return {
         "model": tag,
         "backend": f"{backend}->{http_backend}",
         "in_process_backend": served_backend,
         "runner_workers": args.runner_workers,
         "encode_weeks_per_s": encode_rate,
+        "encode_weeks_per_s_before": encode_before,
+        "encode_weeks_per_s_after": encode_after,
         "cold_start_s": cold_start,
         "single_p50_ms": 1000 * statistics.median(single),
         "single_p95_ms": 1000 * percentile(single, 95),

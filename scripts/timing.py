@@ -11,14 +11,20 @@ import numpy as np
 
 
 def time_batches(
-    run: Callable[[np.ndarray], Any], window: np.ndarray, batches: Sequence[int], seconds: float
+    run: Callable[[np.ndarray], Any],
+    window: np.ndarray,
+    batches: Sequence[int],
+    seconds: float,
+    *,
+    warmups: int = 1,
 ) -> list[dict[str, float]]:
-    """For each batch size, `window` repeated that many times: one untimed call (warm-up, tracing), then
-    calls for `seconds` (at least 3); weeks/s and the median call latency in ms."""
+    """For each batch size, `window` repeated that many times: `warmups` untimed calls (warm-up, tracing),
+    then calls for `seconds` (at least 3); weeks/s and the median call latency in ms."""
     rows = []
     for batch in batches:
         weeks = np.repeat(window[None, :], batch, axis=0)
-        run(weeks)
+        for _ in range(warmups):
+            run(weeks)
         durations: list[float] = []
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline or len(durations) < 3:
