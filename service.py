@@ -46,7 +46,7 @@ from pat_runner.serving.http import (
 from pat_runner.serving.lifecycle import check_startup_config, install_fatal_exit, stop_server_on_failure
 from pat_runner.serving.openapi import enrich
 from pat_runner.serving.pipeline import Analyzer, InputFacts, ModelOutput, to_raw
-from pat_runner.serving.runner import PATModel
+from pat_runner.serving.runner import PATModel, model_call
 from pat_runner.serving.schemas import (
     MAX_VALUES,
     AnalyzeOptions,
@@ -67,12 +67,6 @@ from pat_runner.settings import get_settings
 DEFAULT_ANALYZE = AnalyzeOptions()
 DEFAULT_EMBED = EmbedOptions()
 MODEL_INFO_TIMEOUT_S = 5.0
-# The model service's batchable endpoint for each output the pipeline asks for.
-MODEL_METHODS: dict[ModelOutput, str] = {
-    "embedding": "infer",
-    "patches": "infer_patches",
-    "attention": "infer_attention",
-}
 settings = get_settings()
 configure_logging(settings.log_level)
 downgrade_client_error_logs()
@@ -143,10 +137,12 @@ class PATService:
 
     async def _infer(self, windows: np.ndarray, output: ModelOutput) -> np.ndarray:
         # The dependency's client gets its endpoints only after __init__, at server start-up.
-        method = MODEL_METHODS[output]
-        return await call_model_service(
-            lambda model: getattr(model.to_async, method)(windows), self.model_routes
-        )
+        async def call(method: str) -> np.ndarray:
+            return await call_model_service(
+                lambda model: getattr(model.to_async, method)(windows), self.model_routes
+            )
+
+        return await model_call(call, output)
 
     @bentoml.on_shutdown
     async def close(self) -> None:

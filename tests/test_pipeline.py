@@ -3,11 +3,14 @@ in-process encrypted cache, and the span tree of one request through the service
 
 from __future__ import annotations
 
+import functools
 import json
+from http import HTTPStatus
 
 import httpx
 import numpy as np
 import pytest
+from bentoml.exceptions import BentoMLException, NotFound
 from opentelemetry.sdk.trace import ReadableSpan
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,7 +25,7 @@ from pat_runner.model.store import StoredPAT, demo_pat
 from pat_runner.serving.audit import AuditMiddleware
 from pat_runner.serving.auth import FirebaseAuthMiddleware
 from pat_runner.serving.pipeline import Analyzer, ModelOutput, to_raw
-from pat_runner.serving.runner import local_infer, run_model
+from pat_runner.serving.runner import local_infer, model_call, run_model
 from pat_runner.serving.schemas import AnalyzeOptions, Recording
 from tests.factories import make_settings, model_info, recording
 
@@ -115,6 +118,53 @@ def test_model_calls_carry_the_patches_only_when_asked(stored: StoredPAT) -> Non
     for i in range(3):
         assert np.array_equal(pooled["embedding"][i], per_patch["patches"][i].mean(axis=0))
     assert np.array_equal(pooled["embedding"], per_patch["embedding"])
+
+
+async def test_an_earlier_model_service_without_infer_pooled_is_called_through_infer() -> None:
+    calls: list[str] = []
+
+    async def earlier_release(method: str) -> np.ndarray:
+        calls.append(method)
+        if method == "infer_pooled":
+            raise NotFound("no such endpoint", error_code=HTTPStatus.NOT_FOUND)
+        return np.zeros(1, dtype=[("patches", np.float32, (560, 96)), ("probability", np.float32)])
+
+    records = await model_call(earlier_release, "embedding")
+    assert calls == ["infer_pooled", "infer"] and records.dtype.names == ("patches", "probability")
+
+    async def failing(status: HTTPStatus, method: str) -> np.ndarray:
+        calls.append(method)
+        raise BentoMLException("refused", error_code=status)
+
+    # Any other refusal, or a 404 for another output, is the model service's own error, not retried.
+    calls.clear()
+    with pytest.raises(BentoMLException):
+        await model_call(functools.partial(failing, HTTPStatus.SERVICE_UNAVAILABLE), "embedding")
+    with pytest.raises(BentoMLException):
+        await model_call(functools.partial(failing, HTTPStatus.NOT_FOUND), "attention")
+    assert calls == ["infer_pooled", "infer_attention"]
+
+
+async def test_the_pipeline_pools_the_patches_of_an_earlier_model_service(stored: StoredPAT) -> None:
+    backend = TorchBackend(stored.model, "cpu")
+
+    async def earlier_release(windows: np.ndarray, output: ModelOutput) -> np.ndarray:
+        # What `infer` of the release before `infer_pooled` answered: no `embedding` field.
+        full = run_model(backend, windows, per_patch=True)
+        return full[["patches", "probability", "backend"]]
+
+    raw = to_raw(as_recording(recording(3)))
+    current, _ = make_analyzer(stored)
+    earlier = Analyzer(
+        model=stored.info,
+        scaler=None,
+        infer=earlier_release,
+        cache=ResultCache.from_settings(SETTINGS),
+        settings=SETTINGS,
+    )
+    expected = (await current.embed(raw, per_patch=False, request_id="a")).response.pat.windows
+    got = (await earlier.embed(raw, per_patch=False, request_id="b")).response.pat.windows
+    assert [w.embedding for w in got] == [w.embedding for w in expected]
 
 
 # ---- the span tree of one real request ----

@@ -309,9 +309,10 @@ def test_concurrent_requests_are_batched_without_errors(pat_server, token) -> No
             alone["pat"]["windows"][0]["embedding"],
             atol=1e-5,
         )
-    # Only the `infer` method's histogram: `infer_attention` (the attention output) has its own.
+    # Only the histogram of `infer_pooled` (/v1/embed without per_patch); `infer` and `infer_attention`
+    # have their own.
     metrics = "\n".join(
-        line for line in pat_server.metrics(token).splitlines() if 'method_name="infer"' in line
+        line for line in pat_server.metrics(token).splitlines() if 'method_name="infer_pooled"' in line
     )
     buckets = {
         float(le): float(count)

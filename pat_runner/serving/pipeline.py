@@ -202,6 +202,9 @@ class Analyzer:
                     f"the PAT model service did not answer ({type(exc).__name__}); "
                     "metrics-only requests (options.outputs without 'pat') still work"
                 ) from exc
+        # A model service of an earlier release sends only the per-patch embeddings (`runner.model_call`).
+        names = records.dtype.names or ()
+        embeddings = records["embedding"] if "embedding" in names else records["patches"].mean(axis=1)
         windows = []
         for i, (start, observed) in enumerate(
             zip(pre.window_starts, pre.window_observed_fraction, strict=True)
@@ -213,7 +216,7 @@ class Analyzer:
                     start=start,
                     end=start + WEEK,
                     observed_fraction=float(observed),
-                    embedding=records["embedding"][i].tolist(),
+                    embedding=embeddings[i].tolist(),
                     probability=None if np.isnan(probability) else probability,
                     patches=records["patches"][i].tolist() if output == "patches" else [],
                     attention=minute_attention(records["attention"][i]) if output == "attention" else [],

@@ -62,7 +62,7 @@ DEFAULT_RULE = Rule(ROLES)
 
 #: The model service's own routes (`serving/runner.py`), only ever called by the API service: named in
 #: its access log and metrics like the API's routes, never in the API's policy table.
-MODEL_SERVICE_ROUTES = frozenset({"/infer", "/infer_patches", "/infer_attention", "/info"})
+MODEL_SERVICE_ROUTES = frozenset({"/infer_pooled", "/infer", "/infer_attention", "/info"})
 
 
 def endpoint_label(path: str) -> str:

@@ -1,12 +1,17 @@
 """The model service: PAT behind BentoML's adaptive batching, on CUDA when there is one.
 
-`PATModel.infer` is batchable: BentoML gathers concurrent calls (up to `PAT_MAX_BATCH_SIZE` week windows
-or `PAT_MAX_LATENCY_MS`), stacks their `(n, T)` arrays along axis 0, runs one forward pass and splits
-the result again. Its output is a NumPy structured array, one record per window, so the pooled embedding
-and the head's probability travel together through the batching machinery, with the name of the backend
-that computed them (`PAT_BACKEND`, chosen at start-up by `pat_runner.model.backends.select_backend`).
+`PATModel.infer_pooled` is batchable: BentoML gathers concurrent calls (up to `PAT_MAX_BATCH_SIZE` week
+windows or `PAT_MAX_LATENCY_MS`), stacks their `(n, T)` arrays along axis 0, runs one forward pass and
+splits the result again. Its output is a NumPy structured array, one record per window, so the pooled
+embedding and the head's probability travel together through the batching machinery, with the name of
+the backend that computed them (`PAT_BACKEND`, chosen at start-up by
+`pat_runner.model.backends.select_backend`).
 The per-patch embeddings (215 KB a week for PAT-S, 430 KB for PAT-L) cross to the API service only when
-a caller asked for them (`infer_patches`); `infer_attention` adds the attention each patch receives.
+a caller asked for them: `infer_pooled` is the default call, `infer` adds the per-patch embeddings and
+`infer_attention` the attention each patch receives (`model_call` picks one per `ModelOutput`).
+`infer` and `infer_attention` keep every field they have had, and the API falls back from
+`infer_pooled` to `infer` on a model service that lacks it, so API and model pods of adjacent releases
+work together during a rolling update.
 With `PAT_RUNNER_WORKERS` > 1 the API service calls the workers in turn (`serving/spread.py`).
 """
 
@@ -14,12 +19,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import bentoml
 import numpy as np
 import torch
+from bentoml.exceptions import BentoMLException
 
 from pat_runner import telemetry
 from pat_runner.model.backends import Backend, default_cache_dir, select_backend
@@ -115,6 +123,7 @@ def run_attention(stored: StoredPAT, windows: np.ndarray, device: str) -> np.nda
         patches.float().cpu().numpy(),
         probability[:, 0].float().cpu().numpy() if probability is not None else None,
         "torch",
+        per_patch=True,
         attention=weights.mean(dim=1).float().cpu().numpy(),
     )
 
@@ -131,6 +140,27 @@ def local_infer(backend: Backend, stored: StoredPAT | None = None, device: str =
         return run_model(backend, windows, per_patch=output == "patches")
 
     return infer
+
+
+# The model service's batchable endpoint for each output the pipeline asks for.
+MODEL_METHODS: dict[ModelOutput, str] = {
+    "embedding": "infer_pooled",
+    "patches": "infer",
+    "attention": "infer_attention",
+}
+
+
+async def model_call(call: Callable[[str], Awaitable[np.ndarray]], output: ModelOutput) -> np.ndarray:
+    """`call(endpoint name)` on the model service's endpoint for `output`. A model service of an earlier
+    release (pods of both releases serve together during a rolling update) has no `infer_pooled` and
+    answers 404: its `infer` answers with the per-patch records instead, which the pipeline pools."""
+    try:
+        return await call(MODEL_METHODS[output])
+    except BentoMLException as exc:
+        if output != "embedding" or exc.error_code != HTTPStatus.NOT_FOUND:
+            raise
+        logger.info("the model service has no infer_pooled (an earlier release): calling infer")
+        return await call(MODEL_METHODS["patches"])
 
 
 @bentoml.service(
@@ -184,7 +214,7 @@ class PATModel:
         max_batch_size=settings.max_batch_size,
         max_latency_ms=settings.max_latency_ms,
     )
-    def infer(self, windows: np.ndarray) -> np.ndarray:
+    def infer_pooled(self, windows: np.ndarray) -> np.ndarray:
         """`(n, T)` float32 standardized week windows → structured records (see `output_dtype`)."""
         with telemetry.timer() as elapsed:
             records = run_model(self.backend, windows)
@@ -196,8 +226,8 @@ class PATModel:
         max_batch_size=settings.max_batch_size,
         max_latency_ms=settings.max_latency_ms,
     )
-    def infer_patches(self, windows: np.ndarray) -> np.ndarray:
-        """As `infer`, with the `patches` field (`/v1/embed` with `options.per_patch`)."""
+    def infer(self, windows: np.ndarray) -> np.ndarray:
+        """As `infer_pooled`, with the `patches` field (`/v1/embed` with `options.per_patch`)."""
         with telemetry.timer() as elapsed:
             records = run_model(self.backend, windows, per_patch=True)
         telemetry.record_inference(len(windows), elapsed.seconds, worker=bentoml.server_context.worker_index)
@@ -209,7 +239,8 @@ class PATModel:
         max_latency_ms=settings.max_latency_ms,
     )
     def infer_attention(self, windows: np.ndarray) -> np.ndarray:
-        """As `infer`, with the `attention` field (`options.outputs` with `"attention"`)."""
+        """As `infer`, with the `attention` field (`options.outputs` with `"attention"`), on the fp32
+        reference path."""
         with telemetry.timer() as elapsed:
             records = run_attention(self.stored, windows, self.device)
         telemetry.record_inference(len(windows), elapsed.seconds, worker=bentoml.server_context.worker_index)
