@@ -216,10 +216,7 @@ class PATModel:
     )
     def infer_pooled(self, windows: np.ndarray) -> np.ndarray:
         """`(n, T)` float32 standardized week windows → structured records (see `output_dtype`)."""
-        with telemetry.timer() as elapsed:
-            records = run_model(self.backend, windows)
-        telemetry.record_inference(len(windows), elapsed.seconds, worker=bentoml.server_context.worker_index)
-        return records
+        return self._recorded(windows, lambda: run_model(self.backend, windows))
 
     @bentoml.api(
         batchable=True,
@@ -228,10 +225,7 @@ class PATModel:
     )
     def infer(self, windows: np.ndarray) -> np.ndarray:
         """As `infer_pooled`, with the `patches` field (`/v1/embed` with `options.per_patch`)."""
-        with telemetry.timer() as elapsed:
-            records = run_model(self.backend, windows, per_patch=True)
-        telemetry.record_inference(len(windows), elapsed.seconds, worker=bentoml.server_context.worker_index)
-        return records
+        return self._recorded(windows, lambda: run_model(self.backend, windows, per_patch=True))
 
     @bentoml.api(
         batchable=True,
@@ -241,8 +235,13 @@ class PATModel:
     def infer_attention(self, windows: np.ndarray) -> np.ndarray:
         """As `infer`, with the `attention` field (`options.outputs` with `"attention"`), on the fp32
         reference path."""
+        return self._recorded(windows, lambda: run_attention(self.stored, windows, self.device))
+
+    @staticmethod
+    def _recorded(windows: np.ndarray, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """`compute()`, timed into the inference metrics of this worker."""
         with telemetry.timer() as elapsed:
-            records = run_attention(self.stored, windows, self.device)
+            records = compute()
         telemetry.record_inference(len(windows), elapsed.seconds, worker=bentoml.server_context.worker_index)
         return records
 
