@@ -7,15 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from pat_runner.cache.cache import ResultCache
 from pat_runner.model import WEEK_MINUTES
 from pat_runner.model.backends import TorchBackend
 from pat_runner.model.store import StoredPAT
-from pat_runner.serving.pipeline import Analyzer, ModelOutput, minute_attention, to_raw
+from pat_runner.serving.pipeline import ModelOutput, minute_attention, to_raw
 from pat_runner.serving.runner import local_infer, run_attention, run_model
 from pat_runner.serving.schemas import AnalyzeOptions
 from tests.factories import recording
-from tests.test_pipeline import SETTINGS, as_recording, stored  # noqa: F401  (fixture)
+from tests.test_pipeline import analyzer_with, as_recording, stored  # noqa: F401  (fixture)
 
 
 def windows(n: int, seed: int = 0) -> np.ndarray:
@@ -60,13 +59,7 @@ async def test_analyzer_batches_attention_windows_and_keeps_embeddings(stored: S
         calls[output].append(len(x))
         return await model(x, output)
 
-    analyzer = Analyzer(
-        model=stored.info,
-        scaler=None,
-        infer=infer,
-        cache=ResultCache.from_settings(SETTINGS),
-        settings=SETTINGS,
-    )
+    analyzer = analyzer_with(stored, infer)
     raw = to_raw(as_recording(recording(5, minutes=2 * WEEK_MINUTES)))
     plain = (await analyzer.analyze(raw, AnalyzeOptions(outputs=["pat"]), request_id="a")).response
     with_attention = (

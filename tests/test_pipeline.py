@@ -24,7 +24,7 @@ from pat_runner.model.backends import TorchBackend
 from pat_runner.model.store import StoredPAT, demo_pat
 from pat_runner.serving.audit import AuditMiddleware
 from pat_runner.serving.auth import FirebaseAuthMiddleware
-from pat_runner.serving.pipeline import Analyzer, ModelOutput, to_raw
+from pat_runner.serving.pipeline import Analyzer, Infer, ModelOutput, to_raw
 from pat_runner.serving.runner import local_infer, model_call, run_model
 from pat_runner.serving.schemas import AnalyzeOptions, Recording
 from tests.factories import make_settings, model_info, recording
@@ -45,6 +45,17 @@ def stored() -> StoredPAT:
     return StoredPAT(tag=info.tag, model=model, info=info, scaler=None)
 
 
+def analyzer_with(stored: StoredPAT, infer: Infer) -> Analyzer:
+    """The pipeline around `stored`'s model info, `infer` in place of the model service, a fresh cache."""
+    return Analyzer(
+        model=stored.info,
+        scaler=None,
+        infer=infer,
+        cache=ResultCache.from_settings(SETTINGS),
+        settings=SETTINGS,
+    )
+
+
 def make_analyzer(stored: StoredPAT, *, fail: bool = False) -> tuple[Analyzer, list[int]]:
     batches: list[int] = []
     model = local_infer(TorchBackend(stored.model, "cpu"))
@@ -55,13 +66,7 @@ def make_analyzer(stored: StoredPAT, *, fail: bool = False) -> tuple[Analyzer, l
         batches.append(len(windows))
         return await model(windows, output)
 
-    return Analyzer(
-        model=stored.info,
-        scaler=None,
-        infer=infer,
-        cache=ResultCache.from_settings(SETTINGS),
-        settings=SETTINGS,
-    ), batches
+    return analyzer_with(stored, infer), batches
 
 
 async def test_analysis_then_cache_hit(stored: StoredPAT) -> None:
@@ -155,13 +160,7 @@ async def test_the_pipeline_pools_the_patches_of_an_earlier_model_service(stored
 
     raw = to_raw(as_recording(recording(3)))
     current, _ = make_analyzer(stored)
-    earlier = Analyzer(
-        model=stored.info,
-        scaler=None,
-        infer=earlier_release,
-        cache=ResultCache.from_settings(SETTINGS),
-        settings=SETTINGS,
-    )
+    earlier = analyzer_with(stored, earlier_release)
     expected = (await current.embed(raw, per_patch=False, request_id="a")).response.pat.windows
     got = (await earlier.embed(raw, per_patch=False, request_id="b")).response.pat.windows
     assert [w.embedding for w in got] == [w.embedding for w in expected]
