@@ -44,7 +44,13 @@ sys.path.insert(0, str(ROOT))
 
 from pat_runner.actigraphy.synthetic import week_recording  # noqa: E402
 from pat_runner.serving.compact import encode_values  # noqa: E402
-from scripts.local_server import cache_key_env, import_model, start_server, stop_server  # noqa: E402
+from scripts.local_server import (  # noqa: E402
+    cache_key_env,
+    cpu_seconds,
+    import_model,
+    start_server,
+    stop_server,
+)
 
 JSON = {"Content-Type": "application/json"}
 FIXTURE_M = ROOT.parent / "shared" / "fixtures" / "pat_reference" / "PAT-M_random_seed0.h5"
@@ -103,12 +109,6 @@ def timed(client: httpx.Client, path: str, bodies: list[bytes]) -> list[float]:
         post(client, path, body)
         latencies.append(time.perf_counter() - started)
     return latencies
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of process `pid`."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_seconds() -> float:

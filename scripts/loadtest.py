@@ -26,10 +26,13 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.local_server import cpu_seconds  # noqa: E402
+
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 LOCUST = str(Path(sys.executable).with_name("locust"))
 SERVICES = {"api": b"pat_service", "model": b"pat_model"}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
@@ -53,8 +56,7 @@ def worker_pids(server_pid: int) -> dict[str, list[int]]:
 def proc_sample(pid: int) -> tuple[float, float, int] | None:
     """(cpu seconds, RSS MiB, open file descriptors) of one process, or None when it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        cpu = cpu_seconds(pid)
         rss_mib = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB / 1024
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except (OSError, IndexError, ValueError):

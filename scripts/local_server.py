@@ -25,6 +25,12 @@ PYTHON = sys.executable
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of process `pid` (OSError once it is gone)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
