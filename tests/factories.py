@@ -20,6 +20,7 @@ from pat_runner.model import PAT_SIZES, WEEK_MINUTES
 from pat_runner.model.info import ModelInfo
 from pat_runner.model.model import PAT, PATConfig
 from pat_runner.settings import Settings
+from scripts.device_files.export_files import agd_bytes, awd_bytes
 
 DAY = 1_440
 NEW_YORK = "America/New_York"
@@ -116,6 +117,18 @@ def recording(
     if subject is not None:
         body["subject"] = subject
     return body
+
+
+def device_export(suffix: str = ".agd", *, days: int = 2, seed: int = 3) -> tuple[str, bytes]:
+    """A 60-s device export (`.agd` or `.AWD`) of synthetic counts, for upload tests that check the form,
+    its fields and its errors; the readers' handling of real devices' files is tested on `../shared`."""
+    counts = week_counts(seed, days * DAY).tolist()
+    start = datetime(2024, 3, 4)
+    if suffix == ".agd":
+        return "upload.agd", agd_bytes(start, 60, counts)
+    if suffix == ".AWD":
+        return "upload.AWD", awd_bytes(start, "4", counts)
+    raise ValueError(f"no synthetic export for {suffix!r}")
 
 
 # --- settings and model descriptions -----------------------------------------------------------------

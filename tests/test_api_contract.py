@@ -19,12 +19,12 @@ import pytest
 from bentoml.exceptions import BentoMLException
 from openapi_spec_validator import validate
 
-from tests.factories import recording
+from tests.factories import device_export, recording
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
-DEVICE_FILE = ROOT.parent / "shared" / "data" / "actigraphy" / "ActiSleepPlus-RawData-Day01.agd"
+DEVICE_NAME, DEVICE_BYTES = device_export(".agd")
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +39,6 @@ def document(pat_server, tokens) -> dict[str, Any]:
 def post(server, path: str, token: str, *, headers: dict | None = None, **kwargs) -> httpx.Response:
     headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
     return httpx.post(f"{server.url}{path}", headers=headers, timeout=120, **kwargs)
-
-
-def device_file() -> bytes:
-    if not DEVICE_FILE.exists():
-        pytest.fail(f"{DEVICE_FILE} missing (../shared is provided in CI)")
-    return DEVICE_FILE.read_bytes()
 
 
 def test_served_document_is_valid_openapi(document) -> None:
@@ -86,7 +80,7 @@ def test_upload_takes_plain_text_form_fields(pat_server, tokens, fields) -> None
         pat_server,
         "/v1/analyze/file",
         tokens["service"],
-        files={"file": (DEVICE_FILE.name, device_file(), "application/octet-stream")},
+        files={"file": (DEVICE_NAME, DEVICE_BYTES, "application/octet-stream")},
         data=fields,
     )
     assert response.status_code == 200, response.text
@@ -152,7 +146,7 @@ def test_same_bad_timezone_same_code_on_every_endpoint(pat_server, tokens) -> No
         pat_server,
         "/v1/analyze/file",
         tokens["service"],
-        files={"file": (DEVICE_FILE.name, device_file(), "application/octet-stream")},
+        files={"file": (DEVICE_NAME, DEVICE_BYTES, "application/octet-stream")},
         data={"timezone": bad},
     )
     for response in (json_response, upload):
@@ -201,8 +195,8 @@ def test_example_client_runs(pat_server, tokens) -> None:
 
 
 def test_example_client_documented_upload_and_admin_calls(pat_server, tokens, tmp_path) -> None:
-    local = tmp_path / DEVICE_FILE.name
-    local.write_bytes(device_file())
+    local = tmp_path / DEVICE_NAME
+    local.write_bytes(DEVICE_BYTES)
     with bentoml.SyncHTTPClient(pat_server.url, token=tokens["admin"], timeout=120) as client:
         result = client.analyze_file(file=local, timezone="America/Chicago", outputs=["metrics"])
         assert result["metrics"] is not None and result["pat"] is None

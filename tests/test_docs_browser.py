@@ -15,14 +15,13 @@ from urllib.parse import urlsplit
 import pytest
 
 from scripts.local_server import Server, start_server, stop_server
+from tests.factories import device_export
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 HOST = "pat.internal.test"
-ACTIGRAPHY = Path(__file__).resolve().parents[2] / "shared" / "data" / "actigraphy"
-DEVICE_FILE = ACTIGRAPHY / "ActiSleepPlus-RawData-Day01.agd"
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +77,13 @@ def requested_urls(driver) -> list[str]:
     return urls
 
 
-def test_upload_through_the_docs_page(docs_server: Server, browser) -> None:
+def test_upload_through_the_docs_page(docs_server: Server, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    if not DEVICE_FILE.exists():
-        pytest.fail(f"{DEVICE_FILE} missing (../shared is provided in CI)")
+    name, content = device_export(".agd")
+    device_file = tmp_path / name
+    device_file.write_bytes(content)
     port = urlsplit(docs_server.url).port
     browser.get(f"http://{HOST}:{port}/")
     wait = WebDriverWait(browser, 60)
@@ -100,7 +100,7 @@ def test_upload_through_the_docs_page(docs_server: Server, browser) -> None:
     wait.until(lambda d: operation.find_elements(By.CSS_SELECTOR, "button.try-out__btn"))
     operation.find_element(By.CSS_SELECTOR, "button.try-out__btn").click()
     # Only the file is chosen: timezone, subject and outputs keep the form's defaults.
-    operation.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(DEVICE_FILE))
+    operation.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(device_file))
     operation.find_element(By.CSS_SELECTOR, "button.execute").click()
     status_cell = ".live-responses-table tr.response td.response-col_status"
     wait.until(lambda d: operation.find_elements(By.CSS_SELECTOR, status_cell))

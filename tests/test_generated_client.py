@@ -14,12 +14,11 @@ from types import ModuleType
 import httpx
 import pytest
 
-from tests.factories import recording
+from tests.factories import device_export, recording
 
 pytestmark = pytest.mark.integration
 
 GENERATOR = str(Path(sys.executable).with_name("openapi-python-client"))
-DEVICE_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "actigraphy" / "test_sample.AWD"
 PACKAGE = "pat_generated_client"
 
 
@@ -126,13 +125,10 @@ def test_analyze_batch(client) -> None:
 
 
 def test_analyze_file(client) -> None:
-    if not DEVICE_FILE.exists():
-        pytest.fail(f"{DEVICE_FILE} missing (../shared is provided in CI)")
+    name, content = device_export(".AWD")
     outputs = importlib.import_module(f"{PACKAGE}.models.analyze_file_form_outputs_item")
     form = model("AnalyzeFileForm")(
-        file=importlib.import_module(f"{PACKAGE}.types").File(
-            payload=BytesIO(DEVICE_FILE.read_bytes()), file_name=DEVICE_FILE.name
-        ),
+        file=importlib.import_module(f"{PACKAGE}.types").File(payload=BytesIO(content), file_name=name),
         timezone="Europe/London",
         outputs=[outputs.AnalyzeFileFormOutputsItem("metrics"), outputs.AnalyzeFileFormOutputsItem("fhir")],
     )

@@ -4,23 +4,17 @@ Now every path checks the name against `zoneinfo.available_timezones()` and caps
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from tests.factories import recording
+from tests.factories import device_export, recording
 from tests.security.harness import assert_bounded_error, attack, bearer, upload, wait_for_log
 
 pytestmark = pytest.mark.integration
 
-AGD = (
-    Path(__file__).resolve().parents[3] / "shared" / "data" / "actigraphy" / "ActiSleepPlus-RawData-Day01.agd"
-)
-
 
 @pytest.mark.parametrize("zone", ["America", "Etc", "Z" * 300, "Europe/" + "x" * (2**20 - 16)])
 def test_bad_zone_names_are_422_without_echo(pat_server, tokens, zone) -> None:
-    content = AGD.read_bytes()
+    _, content = device_export(".agd")
     outcome = attack(pat_server, lambda c: upload(c, tokens["service"], content, "x.agd", timezone=zone))
     outcome.check(status=422, cpu_s=1.5, rss_mb=150)
     message = assert_bounded_error(outcome.responses[0])
