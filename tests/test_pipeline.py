@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import json
+from datetime import UTC, datetime, timedelta, timezone
 from http import HTTPStatus
+from zoneinfo import ZoneInfo
 
 import httpx
 import numpy as np
@@ -17,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from pat_runner.actigraphy.synthetic import week_counts
 from pat_runner.cache.cache import ResultCache
 from pat_runner.errors import ModelUnavailable
 from pat_runner.model import WEEK_MINUTES
@@ -26,8 +29,15 @@ from pat_runner.serving.audit import AuditMiddleware
 from pat_runner.serving.auth import FirebaseAuthMiddleware
 from pat_runner.serving.pipeline import Analyzer, Infer, ModelOutput, to_raw
 from pat_runner.serving.runner import local_infer, model_call, run_model
-from pat_runner.serving.schemas import AnalyzeOptions, Recording
-from tests.factories import make_settings, model_info, recording
+from pat_runner.serving.schemas import AnalyzeOptions, ComputedResult, Recording
+from tests.factories import (
+    NEW_YORK,
+    make_settings,
+    model_info,
+    raw_recording,
+    recording,
+    split_into_epochs,
+)
 
 
 def as_recording(body: dict) -> Recording:
@@ -242,6 +252,37 @@ async def test_requests_needing_the_same_computation_share_one_cache_entry(store
     assert (await analyzer.analyze(raw, other_algorithm, request_id="c")).facts.cache == "miss"
     with_pat = await analyzer.analyze(raw, AnalyzeOptions(outputs=["metrics", "pat"]), request_id="d")
     assert with_pat.facts.cache == "miss" and batches == [1]
+
+
+async def test_a_hit_describes_its_own_input(stored: StoredPAT) -> None:
+    # The same minutes as 60-s counts with a start at +01:00, then as 15-s epochs with New York's offset:
+    # one computation, but each response reports its own epoch length and its own warnings.
+    analyzer, batches = make_analyzer(stored)
+    minutes = week_counts(9)
+    start = datetime(2024, 3, 4, 5, 0, tzinfo=UTC)
+    plus_one = timezone(timedelta(hours=1))
+    first = await analyzer.analyze(
+        raw_recording(minutes, start=start.astimezone(plus_one)), AnalyzeOptions(), request_id="a"
+    )
+    second = await analyzer.analyze(
+        raw_recording(
+            split_into_epochs(minutes, 15), start=start.astimezone(ZoneInfo(NEW_YORK)), epoch_seconds=15
+        ),
+        AnalyzeOptions(),
+        request_id="b",
+    )
+    assert (first.facts.cache, second.facts.cache) == ("miss", "hit") and batches == [1]
+    assert first.response.quality.epoch_seconds == 60 and second.response.quality.epoch_seconds == 15
+    assert any("offset +01:00 differs" in w for w in first.response.warnings)
+    assert not any("differs" in w for w in second.response.warnings)
+    assert second.response.metrics == first.response.metrics and second.response.pat == first.response.pat
+
+
+def test_a_result_cached_by_the_previous_release_is_read() -> None:
+    # Until this release the cached value also held the quality report and warnings of the request
+    # that computed it; during a rolling update this release reads those values and ignores both.
+    earlier = {"quality": {"total_minutes": 10_080}, "warnings": ["w"], "metrics": None, "backend": "torch"}
+    assert ComputedResult.model_validate_json(json.dumps(earlier)).backend == "torch"
 
 
 async def test_audit_facts_come_back_with_the_result(stored: StoredPAT) -> None:

@@ -252,14 +252,7 @@ class Analyzer:
             if plan.pat
             else (None, None)
         )
-        return ComputedResult(
-            quality=pre.quality,
-            metrics=metrics,
-            pat=pat,
-            fhir_observations=observations,
-            warnings=list(pre.warnings),
-            backend=backend,
-        )
+        return ComputedResult(metrics=metrics, pat=pat, fhir_observations=observations, backend=backend)
 
     async def analyze(self, raw: RawRecording, options: AnalyzeOptions, *, request_id: str) -> Analysis:
         """Analyse one recording (from JSON via `to_raw`, or straight from a device-file reader)."""
@@ -277,23 +270,27 @@ class Analyzer:
             computed, outcome = await self.cache.get_or_compute(
                 key, self.model.tag, lambda: self._compute(pre, raw, plan), ComputedResult
             )
+        # The quality report and warnings describe this request's input: another request with the same
+        # minutes (say, 15-s epochs where the cached one sent their 60-s sums) shares the computation only.
         response = AnalyzeResponse(
             request_id=request_id,
             model=self.summary.model_copy(update={"backend": computed.backend}),
-            quality=computed.quality,
+            quality=pre.quality,
             metrics=computed.metrics if plan.return_metrics else None,
             pat=computed.pat if plan.return_pat else None,
-            warnings=list(computed.warnings),
+            warnings=list(pre.warnings),
             cache=outcome,
         )
         if plan.fhir:
             with telemetry.span("format"):
-                response.fhir = self._bundle(computed, raw, request_id)
+                response.fhir = self._bundle(computed, pre, raw, request_id)
         if self.model.demo and (plan.return_pat or plan.fhir):
             response.warnings.append(DEMO_PAT_WARNING)
         return Analysis(response=response, facts=replace(facts, cache=outcome))
 
-    def _bundle(self, computed: ComputedResult, raw: RawRecording, request_id: str) -> dict:
+    def _bundle(
+        self, computed: ComputedResult, pre: Preprocessed, raw: RawRecording, request_id: str
+    ) -> dict:
         probability = None
         if computed.pat and self.model.head_task:
             probabilities = [w.probability for w in computed.pat.windows if w.probability is not None]
@@ -303,8 +300,8 @@ class Analyzer:
             computed.fhir_observations,
             subject=raw.subject,
             model=self.model,
-            period_start=computed.quality.start,
-            period_end=computed.quality.end,
+            period_start=pre.quality.start,
+            period_end=pre.quality.end,
             probability=probability,
             head_task=self.model.head_task,
             device=raw.device,

@@ -249,10 +249,10 @@ class ComputedResult(BaseModel):
     """What one computation produced: the unit the result cache stores (no request or subject data).
 
     A response takes from it the parts the request asked for; each request's FHIR Bundle is assembled
-    from its Observations (`fhir.assemble_bundle`).
+    from its Observations (`fhir.assemble_bundle`). The quality report and warnings are not in it: they
+    describe one request's input, which is preprocessed on every request (the cache key needs it).
     """
 
-    quality: QualityReport
     metrics: ActigraphyMetrics | None = None
     pat: PatOutput | None = None
     fhir_observations: list[dict[str, Any]] | None = Field(
@@ -260,7 +260,6 @@ class ComputedResult(BaseModel):
         description="The validated FHIR Observations of `metrics` (`fhir.metric_observations`), without "
         "subject, device or ids; each request's Bundle is assembled from them.",
     )
-    warnings: list[str] = Field(default_factory=list)
     backend: str | None = Field(None, description="The model backend that computed `pat`, if any.")
 
 
