@@ -7,7 +7,9 @@ the same backend's in-process weeks/s (batch 1; the mean of one measurement befo
 and one after it stops, both reported, since a shared VM's speed drifts), and `/v1/analyze` with the
 default outputs (metrics, PAT, FHIR): cache-miss and cache-hit latency, cache-hit throughput at the
 highest concurrency, and BentoML's floor for the same body (`POST /v1/bench/floor`, served with
-`PAT_BENCH_FLOOR=true`: the same middlewares, parsing and validation, no analysis). Every load also
+`PAT_BENCH_FLOOR=true`: the same middlewares, parsing and validation, no analysis); hits and the floor
+are timed in alternating pairs (`--hit-pairs`), and the difference is reported both as the difference
+of the medians and as the median of the pairs' differences. Every load also
 reports the CPU time per answered request of the API workers, the model workers and this load
 generator, which share the machine's cores. Auth is disabled (loopback server); the cache is the
 in-process one unless PAT_REDIS_URL is set.
@@ -111,6 +113,23 @@ def timed(client: httpx.Client, path: str, bodies: list[bytes]) -> list[float]:
     return latencies
 
 
+def timed_pairs(
+    client: httpx.Client, paths: tuple[str, str], bodies: list[bytes], pairs: int
+) -> tuple[list[float], list[float]]:
+    """Seconds per request of the two paths, sent as `pairs` back-to-back pairs of the same body, the
+    order alternating: a shared VM's speed drifts within seconds, and both paths see the same drift."""
+    first: list[float] = []
+    second: list[float] = []
+    for index in range(pairs):
+        body = bodies[index % len(bodies)]
+        order = ((paths[0], first), (paths[1], second))
+        for path, latencies in order if index % 2 == 0 else order[::-1]:
+            started = time.perf_counter()
+            post(client, path, body)
+            latencies.append(time.perf_counter() - started)
+    return first, second
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -202,9 +221,10 @@ def bench_model(h5: Path | None, backend: str, args: argparse.Namespace) -> dict
         # the top concurrency (hits); the floor is the same bodies, not analysed.
         analyses = encoded([{"recording": week_recording(5000 + i)} for i in range(args.requests)])
         miss = timed(client, "/v1/analyze", analyses[: args.single])
-        hit = timed(client, "/v1/analyze", analyses[: args.single])
         assert post(client, "/v1/analyze", analyses[0]).json()["cache"] == "hit"
-        floor = timed(client, "/v1/bench/floor", analyses[: args.single])
+        hit, floor = timed_pairs(
+            client, ("/v1/analyze", "/v1/bench/floor"), analyses[: args.single], args.hit_pairs
+        )
         misses = load(client, "/v1/analyze", analyses[args.single :], top, workers)
         hits = load(client, "/v1/analyze", analyses, top, workers)
         floors = load(client, "/v1/bench/floor", analyses, top, workers)
@@ -234,6 +254,8 @@ def bench_model(h5: Path | None, backend: str, args: argparse.Namespace) -> dict
         "floor_p50_ms": 1000 * statistics.median(floor),
         "floor_p95_ms": 1000 * percentile(floor, 95),
         "hit_minus_floor_p50_ms": 1000 * (statistics.median(hit) - statistics.median(floor)),
+        "hit_minus_floor_paired_p50_ms": 1000
+        * statistics.median(h - f for h, f in zip(hit, floor, strict=True)),
         f"c{top}_misses_per_s": misses["weeks_per_s"],
         f"c{top}_misses_p99_ms": misses["p99_ms"],
         f"c{top}_hits_per_s": hits["weeks_per_s"],
@@ -252,6 +274,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--requests", type=int, default=128)
     parser.add_argument("--single", type=int, default=20)
+    parser.add_argument(
+        "--hit-pairs", type=int, default=200, help="cache hit / floor request pairs, alternating"
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="in-process encode timing")
     parser.add_argument("--runner-workers", type=int, default=1)
     parser.add_argument("--api-workers", type=int, default=1)
