@@ -43,7 +43,12 @@ from pat_runner.serving.http import (
     error_response,
     validation_message,
 )
-from pat_runner.serving.lifecycle import check_startup_config, install_fatal_exit, stop_server_on_failure
+from pat_runner.serving.lifecycle import (
+    check_startup_config,
+    install_fatal_exit,
+    settle_heap,
+    stop_server_on_failure,
+)
 from pat_runner.serving.openapi import enrich
 from pat_runner.serving.pipeline import Analyzer, InputFacts, ModelOutput, to_raw
 from pat_runner.serving.runner import PATModel, model_call
@@ -130,6 +135,7 @@ class PATService:
             # BentoML's client alone until start-up adds one per model worker (spread.py).
             self.model_routes: ModelRoutes[Any] = ModelRoutes(self.model_service)
         telemetry.record_worker_start("api")
+        settle_heap(settings.gc_gen0_threshold)
 
     @bentoml.on_startup
     async def route_to_model_workers(self) -> None:

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # on SIGTERM the model worker keeps serving the draining API workers at most this long; keep it
     # equal to `bentoml serve --timeout-graceful-shutdown` and below Kubernetes' grace period (30 s)
     shutdown_grace_s: float = Field(25.0, gt=0)
+    # young-generation threshold of the garbage collector once a worker has started (CPython: 700); see
+    # lifecycle.settle_heap and docs/performance.md
+    gc_gen0_threshold: int = Field(10_000, ge=1)
 
     # preprocessing limits
     window_stride_minutes: int = Field(WEEK_MINUTES, ge=1)

@@ -3,8 +3,10 @@ worker serves a request, whenever the authentication configuration is unsafe or 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,19 @@ def test_worker_start_up_failure_stops_the_server(model_store: Path) -> None:
     assert result.returncode == EXIT_STARTUP_FAILED
     assert output.count("model worker failed to start, stopping the server") == 1
     assert "PAT_DEVICE=cuda:99" in output or "invalid device ordinal" in output
+
+
+def test_settle_heap_hides_the_start_up_heap_from_the_collector() -> None:
+    # In a fresh interpreter: freezing is process-wide and would change this test session's collector.
+    code = (
+        "import gc, json, pat_runner.serving.pipeline; "
+        "from pat_runner.serving.lifecycle import settle_heap; "
+        "settle_heap(5000); "
+        "print(json.dumps([gc.get_freeze_count(), len(gc.get_objects()), gc.get_threshold()]))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    frozen, visible, threshold = json.loads(completed.stdout)
+    assert frozen > 50_000 and visible < 1_000
+    assert threshold[0] == 5000

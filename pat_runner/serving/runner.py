@@ -33,7 +33,7 @@ from pat_runner import telemetry
 from pat_runner.model.backends import Backend, default_cache_dir, select_backend
 from pat_runner.model.store import StoredPAT, load_stored_pat, resolve_model
 from pat_runner.serving.batching import bound_batch_wait
-from pat_runner.serving.lifecycle import drain_after, stop_server_on_failure
+from pat_runner.serving.lifecycle import drain_after, settle_heap, stop_server_on_failure
 from pat_runner.serving.pipeline import Infer, ModelOutput
 from pat_runner.serving.spread import WorkerSocketMiddleware
 from pat_runner.settings import get_settings
@@ -208,6 +208,7 @@ class PATModel:
                 "backend": self.choice.backend,
             },
         )
+        settle_heap(settings.gc_gen0_threshold)
 
     @bentoml.api(
         batchable=True,
