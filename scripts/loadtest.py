@@ -28,29 +28,12 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.local_server import cpu_seconds  # noqa: E402
+from scripts.local_server import cpu_seconds, worker_pids  # noqa: E402
 
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 LOCUST = str(Path(sys.executable).with_name("locust"))
-SERVICES = {"api": b"pat_service", "model": b"pat_model"}
+SERVICES = {"api": "pat_service", "model": "pat_model"}
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def worker_pids(server_pid: int) -> dict[str, list[int]]:
-    """BentoML worker processes (children of the `bentoml serve` arbiter) by service."""
-    found: dict[str, list[int]] = {name: [] for name in SERVICES}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        for name, marker in SERVICES.items():
-            if parent == server_pid and marker in args:
-                found[name].append(int(proc.name))
-    return found
 
 
 def proc_sample(pid: int) -> tuple[float, float, int] | None:
@@ -76,8 +59,8 @@ class Sampler:
         started = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic() - started
-            for service, pids in worker_pids(self.server_pid).items():
-                for pid in pids:
+            for service, name in SERVICES.items():
+                for pid in worker_pids(self.server_pid, name):
                     sample = proc_sample(pid)
                     if sample is None:
                         continue

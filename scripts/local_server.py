@@ -31,6 +31,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def worker_pids(server_pid: int, service_name: str) -> list[int]:
+    """PIDs of the BentoML worker processes serving `service_name`: children of the `bentoml serve`
+    arbiter `server_pid` whose command line names the service."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == server_pid and service_name.encode() in args:
+            pids.append(int(proc.name))
+    return pids
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -55,20 +72,7 @@ class Server:
     verify: str | bool = True
 
     def worker_pids(self, service_name: str) -> list[int]:
-        """PIDs of the BentoML worker processes serving `service_name` (children of the server)."""
-        pids = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                stat = (proc / "stat").read_text()
-                args = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == self.process.pid and service_name.encode() in args:
-                pids.append(int(proc.name))
-        return pids
+        return worker_pids(self.process.pid, service_name)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
