@@ -29,7 +29,7 @@ from pat_runner.serving.audit import AuditMiddleware
 from pat_runner.serving.auth import FirebaseAuthMiddleware
 from pat_runner.serving.pipeline import Analyzer, Infer, ModelOutput, to_raw
 from pat_runner.serving.runner import local_infer, model_call, run_model
-from pat_runner.serving.schemas import AnalyzeOptions, ComputedResult, Recording
+from pat_runner.serving.schemas import AnalyzeOptions, Recording
 from tests.factories import (
     NEW_YORK,
     make_settings,
@@ -276,13 +276,6 @@ async def test_a_hit_describes_its_own_input(stored: StoredPAT) -> None:
     assert any("offset +01:00 differs" in w for w in first.response.warnings)
     assert not any("differs" in w for w in second.response.warnings)
     assert second.response.metrics == first.response.metrics and second.response.pat == first.response.pat
-
-
-def test_a_result_cached_by_the_previous_release_is_read() -> None:
-    # Until this release the cached value also held the quality report and warnings of the request
-    # that computed it; during a rolling update this release reads those values and ignores both.
-    earlier = {"quality": {"total_minutes": 10_080}, "warnings": ["w"], "metrics": None, "backend": "torch"}
-    assert ComputedResult.model_validate_json(json.dumps(earlier)).backend == "torch"
 
 
 async def test_audit_facts_come_back_with_the_result(stored: StoredPAT) -> None:

@@ -50,8 +50,9 @@ from pat_runner.errors import InvalidInput
 from pat_runner.model import WEEK_MINUTES
 from pat_runner.settings import Settings
 
-#: Bump whenever the same input gives different outputs (it is part of the result-cache key).
-PIPELINE_VERSION = "2"
+#: Bump whenever the same input gives different outputs or the cached result (`ComputedResult`) changes
+#: shape: it is part of the result-cache key, so pods of adjacent releases never read each other's entries.
+PIPELINE_VERSION = "3"
 SUPPORTED_EPOCH_SECONDS = tuple(s for s in range(1, 61) if 60 % s == 0)
 _CANONICAL_FORMAT = "pat-minutes/1"
 _CANONICAL_NAN = np.frombuffer(b"\x00\x00\x00\x00\x00\x00\xf8\x7f", dtype="<f8")[0]

@@ -64,11 +64,11 @@ def settle_heap(gen0_threshold: int) -> None:
     """Freeze what start-up built and collect the young generation less often.
 
     Start-up leaves a worker with ~360,000 long-lived objects (BentoML, pydantic and `fhir.resources`
-    schemas, torch); every full collection walked all of them, a pause of ~200 ms for every request in
-    flight. Frozen, the collector no longer visits them. A request allocates thousands of short-lived
-    containers (its parsed body, a cached result, the response): at CPython's threshold of 700 the
-    collector ran several times per request and traversed them while still alive, ~0.25 ms of a
-    1.8 ms cache hit; at 10,000 reference counting has freed most of them before it runs.
+    schemas, torch); every full collection walked all of them, a pause of ~185 ms (EPYC VM) for every
+    request in flight. Frozen, the collector no longer visits them. A request allocates thousands of
+    short-lived containers (its parsed body, a cached result, the response): at CPython's threshold of
+    700 the collector ran several times per request and traversed them while still alive, ~0.25 ms
+    of a 1.8 ms cache hit; at 10,000 reference counting has freed most of them before it runs.
     Measured in docs/performance.md ("Service path").
     """
     gc.collect()
