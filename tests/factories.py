@@ -119,10 +119,11 @@ def recording(
     return body
 
 
-def device_export(suffix: str = ".agd", *, days: int = 2, seed: int = 3) -> tuple[str, bytes]:
-    """A 60-s device export (`.agd` or `.AWD`) of synthetic counts, for upload tests that check the form,
-    its fields and its errors; the readers' handling of real devices' files is tested on `../shared`."""
-    counts = week_counts(seed, days * DAY).tolist()
+def device_export(suffix: str) -> tuple[str, bytes]:
+    """Two days of synthetic 60-s counts as a device export (`.agd` or `.AWD`): (file name, bytes), for
+    upload tests that check the form, its fields and its errors; the readers' handling of real devices'
+    files is tested on `../shared`."""
+    counts = week_counts(3, 2 * DAY).tolist()
     start = datetime(2024, 3, 4)
     if suffix == ".agd":
         return "upload.agd", agd_bytes(start, 60, counts)
