@@ -141,15 +141,17 @@ size=$(podman image inspect "$IMAGE" --format '{{.Size}}')
 podman rm -f "$CONTAINER" >/dev/null 2>&1
 
 # The Kubernetes layout (deploy/k8s): the same image as two containers, the API service reaching the
-# model service by URL (BENTOML_SERVE_DEPENDS), each started with `start-http-server --service-name`.
+# model service by URL (BENTOML_SERVE_DEPENDS), each started with `start-http-server --service-name` and
+# the manifests' keep-alive.
+keep_alive=(--timeout-keep-alive "$("$PY" -c 'from pat_runner.serving.http import KEEP_ALIVE_S; print(KEEP_ALIVE_S)')")
 model_port=$(free_port)
 api_port=$(free_port)
 log "split layout: model service on :$model_port, API service on :$api_port"
 run_start=$(now)
 podman run -d "${RUN_OPTS[@]}" --name "$MODEL_CONTAINER" "$IMAGE" \
-    start-http-server --service-name pat_model --port "$model_port" >/dev/null
+    start-http-server --service-name pat_model --port "$model_port" "${keep_alive[@]}" >/dev/null
 podman run -d "${RUN_OPTS[@]}" --name "$API_CONTAINER" -e BENTOML_SERVE_DEPENDS="pat_model=http://127.0.0.1:$model_port" \
-    "$IMAGE" start-http-server --service-name pat_service --port "$api_port" >/dev/null
+    "$IMAGE" start-http-server --service-name pat_service --port "$api_port" "${keep_alive[@]}" >/dev/null
 "$PY" scripts/container_smoke.py --url "http://127.0.0.1:$api_port" --started "$run_start" \
     --container "$API_CONTAINER" --facts "$WORK/facts-split.json" \
     || { podman logs "$API_CONTAINER" 2>&1 | tail -n 40; podman logs "$MODEL_CONTAINER" 2>&1 | tail -n 40; exit 1; }

@@ -20,9 +20,13 @@ from pathlib import Path
 
 import httpx
 
+from pat_runner.serving.http import KEEP_ALIVE_S
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
+# Every `bentoml serve` of the scripts and tests keeps idle connections as production does (deploy/k8s).
+SERVE_KEEP_ALIVE = ("--timeout-keep-alive", str(KEEP_ALIVE_S))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -134,7 +138,7 @@ def start_server(
     }
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [BENTOML, "serve", ".", "--host", "127.0.0.1", "--port", str(port), *serve_args],
+        [BENTOML, "serve", ".", "--host", "127.0.0.1", "--port", str(port), *SERVE_KEEP_ALIVE, *serve_args],
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pat_runner.serving.http import KEEP_ALIVE_S
 from scripts.k8s_validate import K8S, OVERLAYS, apply_json_patch, render, validate
 
 
@@ -56,8 +57,9 @@ def test_renderer_matches_kubectl_kustomize(overlay: str) -> None:
 def test_api_and_model_are_separate_deployments_wired_by_url() -> None:
     objects = by_kind(render(K8S / "overlays" / "cpu"))
     api, model = objects["Deployment", "pat-api"], objects["Deployment", "pat-model"]
-    assert container(api)["args"] == ["start-http-server", "--service-name", "pat_service"]
-    assert container(model)["args"] == ["start-http-server", "--service-name", "pat_model"]
+    keep_alive = ["--timeout-keep-alive", str(KEEP_ALIVE_S)]
+    assert container(api)["args"] == ["start-http-server", "--service-name", "pat_service", *keep_alive]
+    assert container(model)["args"] == ["start-http-server", "--service-name", "pat_model", *keep_alive]
     model_service = objects["Service", "pat-model"]
     port = model_service["spec"]["ports"][0]["port"]
     assert env(api)["BENTOML_SERVE_DEPENDS"] == f"pat_model=http://pat-model:{port}"

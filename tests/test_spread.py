@@ -24,9 +24,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from pat_runner.model import WEEK_MINUTES
+from pat_runner.serving.http import KEEP_ALIVE_S
 from pat_runner.serving.runner import PATModel
 from pat_runner.serving.spread import (
-    WORKER_KEEP_ALIVE_S,
     ModelRoutes,
     WorkerListener,
     WorkerSocketMiddleware,
@@ -166,7 +166,7 @@ async def test_a_worker_client_like_bentomls_fails_in_transport_where_nothing_li
         # The client gives up idle connections before the worker would (no call on a closing connection).
         session = await worker.to_async._session_manager.get_session()
         assert session.connector is not None
-        assert 2 * session.connector._keepalive_timeout < WORKER_KEEP_ALIVE_S
+        assert 2 * session.connector._keepalive_timeout < KEEP_ALIVE_S
         with pytest.raises(Exception) as failure:
             await worker.to_async.infer(np.zeros((1, WEEK_MINUTES), dtype=np.float32))
         assert not isinstance(failure.value, BentoMLException)

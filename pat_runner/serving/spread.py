@@ -17,10 +17,11 @@ one worker (`PAT_RUNNER_WORKERS` > 1 under `bentoml serve`):
   the next worker in turn; the shared socket, which whichever worker is alive accepts, when every
   worker is set aside.
 
-A worker keeps an idle connection longer than the API's client does (`WORKER_KEEP_ALIVE_S`), so only the
+A worker keeps an idle connection longer than the API's client does (`http.KEEP_ALIVE_S`), so only the
 client closes idle connections: no call is written onto a connection the worker is closing. (On the
-shared socket BentoML's uvicorn closes after 5 s and the client keeps 15 s; a call that loses that race
-fails in transport and is retried.)
+shared socket BentoML's uvicorn closes after 5 s, since `bentoml serve --timeout-keep-alive` reaches the
+API service only, and the client keeps 15 s; a call that loses that race fails in transport and is
+retried.)
 
 Otherwise (one worker, `BENTOML_NO_UDS`, the model service reached by URL as in `deploy/k8s`) there are no
 worker sockets and every call takes BentoML's own client, as before.
@@ -51,14 +52,14 @@ import bentoml
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pat_runner.serving.http import KEEP_ALIVE_S
+
 logger = logging.getLogger(__name__)
 
 # How long a worker whose call failed in transport gets no calls: long enough that a dead worker costs one
 # retried call per period, short enough that a restarted one is back in turn within seconds.
 COOLDOWN_S = 5.0
 BACKLOG = 2048
-# aiohttp, under BentoML's client, closes connections idle for 15 s, checked every 15 s.
-WORKER_KEEP_ALIVE_S = 75
 
 
 class Client(Protocol):
@@ -172,7 +173,7 @@ class WorkerListener:
             log_config=None,
             server_header=False,
             backlog=BACKLOG,
-            timeout_keep_alive=WORKER_KEEP_ALIVE_S,
+            timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=math.ceil(grace_s),
         )
         self.server = uvicorn.Server(config)
