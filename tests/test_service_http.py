@@ -355,8 +355,8 @@ def test_metrics_endpoint_exposes_service_metrics(pat_server, token) -> None:
 
 
 def test_an_idle_connection_outlives_the_clients_keep_alive(pat_server) -> None:
-    # httpx (under bentoml.SyncHTTPClient) reuses a connection idle for up to 5 s: the server must not be
-    # closing it by then. At uvicorn's default (5 s), 2 of 150 such requests failed.
+    # httpx (under bentoml.SyncHTTPClient) reuses a connection idle for up to 5 s, uvicorn's default
+    # keep-alive: the server must not be closing it by then (docs/deployment.md, "Keep-alive").
     url = urlsplit(pat_server.url)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     try:

@@ -31,8 +31,8 @@ logger = logging.getLogger("pat.http")
 # and `start-http-server`, and the model workers' own sockets, `spread.py`): longer than their clients
 # keep one (httpx under `bentoml.SyncHTTPClient`: 5 s; aiohttp under BentoML's dependency client: 15 s)
 # and than a load balancer's usual idle timeout (60 s). Then only clients close idle connections, and no
-# request is written onto a connection the server is closing: at uvicorn's default of 5 s, 2 of 150
-# requests sent after ~5 s idle failed with "Server disconnected" (docs/deployment.md).
+# request is written onto a connection the server is closing: measured, 2 of 150 requests sent just as
+# the server's keep-alive ran out failed with "Server disconnected" (docs/deployment.md).
 KEEP_ALIVE_S = 75
 UPLOAD_PATH = "/v1/analyze/file"
 UPLOAD_CHUNK_BYTES = 1 << 20
