@@ -29,9 +29,15 @@ BENTOML = str(Path(sys.executable).with_name("bentoml"))
 SERVE_KEEP_ALIVE = ("--timeout-keep-alive", str(KEEP_ALIVE_S))
 
 
+def stat_fields(process: Path) -> list[str]:
+    """The fields of `/proc/<pid>/stat` after the command name (which may hold spaces and parentheses):
+    [0] state, [1] parent pid, [11] user and [12] system CPU time in clock ticks."""
+    return (process / "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time so far of process `pid` (OSError once it is gone)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = stat_fields(Path(f"/proc/{pid}"))
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -43,7 +49,7 @@ def worker_pids(server_pid: int, service_name: str) -> list[int]:
         if not proc.name.isdigit():
             continue
         try:
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = int(stat_fields(proc)[1])
             args = (proc / "cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from scripts.local_server import Server
+from scripts.local_server import Server, stat_fields
 
 PAGE = 4096
 TICKS = 100  # USER_HZ on Linux
@@ -52,17 +52,17 @@ def _children(pid: int) -> list[int]:
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                stat = (proc / "stat").read_text()
+                parent = int(stat_fields(proc)[1])
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            if parent == pid:
                 found.append(int(proc.name))
     return found
 
 
 def _cpu_s(pid: int) -> float:
     # utime, stime, and the reaped children's cutime, cstime (fields 14-17).
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = stat_fields(Path(f"/proc/{pid}"))
     return sum(int(v) for v in fields[11:15]) / TICKS
 
 
