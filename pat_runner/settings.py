@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # where ONNX exports (and TensorRT engines) are cached; empty: next to the stored model when
     # writable, else a per-user temporary folder
     onnx_cache_dir: str = Field("")
+    # ONNX Runtime's intra-op threads spin while they wait for work: faster alone, but the spinning takes
+    # the CPU an API worker on the same cores needs (docs/performance.md, "Spin-waiting")
+    ort_spin_wait: bool = Field(False)
 
     # backpressure (measured: docs/performance.md "Load and soak")
     # in-progress /v1/ requests per API worker; one more is answered 429 at once

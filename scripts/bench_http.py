@@ -68,9 +68,11 @@ def in_process_weeks_per_s(home: Path, tag: str, seconds: float, backend: str) -
         "import sys, tempfile, torch; from pathlib import Path; "
         "from pat_runner.model.store import load_stored_pat; "
         "from pat_runner.model.backends import select_backend, weeks_per_second; "
+        "from pat_runner.settings import Settings; "
         "m = load_stored_pat(sys.argv[1]).model; "
         "b, c = select_backend(m, sys.argv[3], 'cpu', cache_dir=Path(tempfile.gettempdir()) / "
-        "'pat-bench-onnx', threads=torch.get_num_threads(), bench_seconds=1.0); "
+        "'pat-bench-onnx', threads=torch.get_num_threads(), bench_seconds=1.0, "
+        "spin_wait=Settings().ort_spin_wait); "
         "x = torch.randn(1, 10080).numpy(); "
         "print(c.backend, weeks_per_second(b.run, x, budget_s=float(sys.argv[2])))"
     )

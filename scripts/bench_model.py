@@ -6,10 +6,11 @@
 
 Each (size, backend) runs in a fresh child process, so its peak RSS is its own. The weights are the
 shared reference fixtures (`../shared/fixtures/pat_reference`, the original Keras layout) when present,
-else seeded random ones; throughput does not depend on the values. Before timing, every backend is
-checked against fp32 torch with the service's accuracy gate (the `gate` column). The matmul peak is
-measured in the same run (square fp32 and bf16 matmuls), and each row's achieved FLOP rate (analytic
-FLOPs of one PAT forward pass) is shown as a fraction of the peak of its precision.
+else seeded random ones; throughput does not depend on the values. ONNX Runtime runs as the model
+service configures it (`PAT_ORT_SPIN_WAIT` from the environment, off by default). Before timing, every
+backend is checked against fp32 torch with the service's accuracy gate (the `gate` column). The matmul
+peak is measured in the same run (square fp32 and bf16 matmuls), and each row's achieved FLOP rate
+(analytic FLOPs of one PAT forward pass) is shown as a fraction of the peak of its precision.
 
 With `--auto` (the default when every candidate backend is measured), each size also starts the model
 service's own choice, `select_backend(model, "auto")` with `PAT_BACKEND_BENCH_SECONDS` at its default, in
@@ -111,7 +112,9 @@ def worker(size: str, backend_name: str, batches: list[int], seconds: float, dev
     model = load_model(size, device)
     cache = Path(tempfile.gettempdir()) / "pat-bench-onnx"
     threads = torch.get_num_threads()
-    backend = build_backend(backend_name, model, device, cache_dir=cache, threads=threads)
+    backend = build_backend(
+        backend_name, model, device, cache_dir=cache, threads=threads, spin_wait=Settings().ort_spin_wait
+    )
     windows = calibration_windows()
     gate = accuracy_gate(TorchBackend(model, device).run(windows), backend.run(windows))
     rows = time_batches(backend.run, windows[0], batches, seconds)
@@ -191,6 +194,7 @@ def auto_worker(size: str, device: str) -> dict[str, Any]:
         cache_dir=Path(tempfile.gettempdir()) / "pat-bench-onnx",
         threads=torch.get_num_threads(),
         bench_seconds=Settings.model_fields["backend_bench_seconds"].default,
+        spin_wait=Settings().ort_spin_wait,
     )
     return choice.to_dict()
 

@@ -143,6 +143,20 @@ def test_onnx_export_is_cached_per_weights(models: dict[str, PAT], tmp_path: Pat
     assert onnx_path(changed, tmp_path) != path
 
 
+@pytest.mark.skipif("onnxruntime" not in AVAILABLE, reason="onnxruntime not installed")
+@pytest.mark.parametrize("spin_wait", [False, True])
+def test_onnxruntime_spin_wait_is_the_setting(
+    spin_wait: bool, models: dict[str, PAT], tmp_path: Path
+) -> None:
+    """`PAT_ORT_SPIN_WAIT` reaches the session: off (the default) its idle threads sleep."""
+    assert Settings.model_fields["ort_spin_wait"].default is False
+    backend = build_backend(
+        "onnxruntime", models["S"], "cpu", cache_dir=tmp_path, threads=2, spin_wait=spin_wait
+    )
+    options = backend.session.get_session_options()  # type: ignore[attr-defined]
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spin_wait))
+
+
 def test_gate_rejects_a_perturbed_backend(models: dict[str, PAT]) -> None:
     """The gate is not vacuous: bf16-rounded weights of the head model fail it."""
     model = models["M-head"]

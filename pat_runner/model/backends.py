@@ -215,7 +215,14 @@ class OnnxRuntimeBackend:
     """The exported graph in ONNX Runtime: CPU, CUDA or TensorRT (fp16) execution provider."""
 
     def __init__(
-        self, model: PAT, device: str, *, cache_dir: Path, threads: int, tensorrt: bool = False
+        self,
+        model: PAT,
+        device: str,
+        *,
+        cache_dir: Path,
+        threads: int,
+        spin_wait: bool = False,
+        tensorrt: bool = False,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -229,6 +236,8 @@ class OnnxRuntimeBackend:
         # One inference at a time per model service (BentoML batches), so all threads go to one op.
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Without spinning, an idle pool thread sleeps instead of burning a core between ops and calls.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.has_head = model.config.has_head
         self.providers = self.session.get_providers()
@@ -272,8 +281,11 @@ def candidates(device: str) -> list[str]:
     return names
 
 
-def build_backend(name: str, model: PAT, device: str, *, cache_dir: Path, threads: int) -> Backend:
-    """One backend by name; `BackendUnavailable` when it cannot run here."""
+def build_backend(
+    name: str, model: PAT, device: str, *, cache_dir: Path, threads: int, spin_wait: bool = False
+) -> Backend:
+    """One backend by name; `BackendUnavailable` when it cannot run here. `spin_wait`: ONNX Runtime's
+    threads spin while waiting for work (`PAT_ORT_SPIN_WAIT`)."""
     if name == "torch":
         return TorchBackend(model, device)
     if name == "torch-bf16":
@@ -282,7 +294,12 @@ def build_backend(name: str, model: PAT, device: str, *, cache_dir: Path, thread
         return TorchBackend(model, device, bf16=True)
     if name in ("onnxruntime", "tensorrt"):
         return OnnxRuntimeBackend(
-            model, device, cache_dir=cache_dir, threads=threads, tensorrt=name == "tensorrt"
+            model,
+            device,
+            cache_dir=cache_dir,
+            threads=threads,
+            spin_wait=spin_wait,
+            tensorrt=name == "tensorrt",
         )
     raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_CHOICES)}")
 
@@ -374,6 +391,7 @@ def select_backend(
     threads: int,
     bench_seconds: float,
     bench_batches: Sequence[int] = (1, 4),
+    spin_wait: bool = False,
 ) -> tuple[Backend, BackendChoice]:
     """The backend to serve `model` with: `requested`, or with `auto` the fastest that passes the gate.
 
@@ -394,7 +412,9 @@ def select_backend(
             backend = (
                 reference_backend
                 if name == "torch"
-                else build_backend(name, model, device, cache_dir=cache_dir, threads=threads)
+                else build_backend(
+                    name, model, device, cache_dir=cache_dir, threads=threads, spin_wait=spin_wait
+                )
             )
             gate = accuracy_gate(reference, backend.run(windows))
         except (BackendUnavailable, AccuracyGateFailed) as exc:
