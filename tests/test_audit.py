@@ -274,3 +274,15 @@ def test_configure_logging_emits_json_and_is_idempotent(
         {"status": 200},
     )
     assert payload["ts"].endswith("+00:00")
+
+
+def test_one_access_line_per_request(logs: ListHandler) -> None:
+    """uvicorn's access line is off, even at DEBUG; BentoML's, which says more, is left to BentoML."""
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    saved = uvicorn_access.level
+    try:
+        configure_logging("DEBUG")
+        assert not uvicorn_access.isEnabledFor(logging.INFO)
+        assert logging.getLogger("bentoml.access").isEnabledFor(logging.INFO)
+    finally:
+        uvicorn_access.setLevel(saved)

@@ -231,13 +231,17 @@ class RedactSecretsFilter(logging.Filter):
 
 
 ACCESS_LOGGERS = ("uvicorn.access", "bentoml.access")
+#: uvicorn's access line says less than BentoML's (no latency, length or trace id), so it is off: one access
+#: line per request and service, each ~0.1-0.25 ms of the worker's CPU (py-spy, docs/performance.md).
+DUPLICATE_ACCESS_LOGGER = "uvicorn.access"
 
 
 class AccessLogPathFilter(logging.Filter):
     """uvicorn's and BentoML's access lines quote the raw request target, query string included, so an
     identifier sent in a URL (`?subject=Patient/…`) would be logged verbatim. On those two loggers the
     target becomes the route template (`endpoint_label`: a policy entry or `other`) before any handler
-    formats the line; the query is never kept. Installed on the loggers, so it runs before redaction."""
+    formats the line; the query is never kept. Installed on the loggers, so it runs before redaction; on
+    uvicorn's too, which is off at INFO, so that a lower level set on it later never logs a raw target."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
@@ -309,8 +313,8 @@ JSON_HANDLER_NAME = "pat-json"
 
 def configure_logging(level: str | int = "INFO") -> None:
     """JSON logs for the `pat.*` loggers on stderr at `level` (also the root level), the redaction
-    filter on every handler configured so far (BentoML's and uvicorn's included), and route templates
-    instead of request targets on the access loggers.
+    filter on every handler configured so far (BentoML's and uvicorn's included), route templates
+    instead of request targets on the access loggers, and uvicorn's access line off (BentoML's stays).
     Idempotent: calling it again replaces the service's handler."""
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(JSON_HANDLER_NAME)
@@ -326,6 +330,7 @@ def configure_logging(level: str | int = "INFO") -> None:
         logging.getLogger(),
         *(lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)),
     ]
+    logging.getLogger(DUPLICATE_ACCESS_LOGGER).setLevel(logging.WARNING)
     for name in ACCESS_LOGGERS:
         access_logger = logging.getLogger(name)
         if not any(isinstance(f, AccessLogPathFilter) for f in access_logger.filters):
