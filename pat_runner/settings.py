@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     # writable, else a per-user temporary folder
     onnx_cache_dir: str = Field("")
     # ONNX Runtime's intra-op threads spin while they wait for work: faster alone, but the spinning takes
-    # the CPU an API worker on the same cores needs (docs/performance.md, "Spin-waiting")
+    # the CPU an API worker on the same cores needs (docs/performance.md, "Chosen defaults and why")
     ort_spin_wait: bool = Field(False)
 
     # backpressure (measured: docs/performance.md "Load and soak")

@@ -13,7 +13,7 @@ of the medians and as the median of the pairs' differences. Every load also
 reports the CPU time per answered request of the API workers, the model workers and this load
 generator, which share the machine's cores. Auth is disabled (loopback server); the cache is the
 in-process one unless PAT_REDIS_URL is set; the server logs at INFO as in production (`--log-level`;
-earlier figures in docs/performance.md were taken at WARNING, without the audit and access lines).
+earlier figures in docs/performance.md were taken at WARNING, without the audit records).
 
 Request bodies are serialised once, before timing: the load generator shares the machine's cores with
 the server, and encoding 10,080 numbers per request in it would be counted against the service.

@@ -148,7 +148,7 @@ def test_onnx_export_is_cached_per_weights(models: dict[str, PAT], tmp_path: Pat
 def test_onnxruntime_spin_wait_is_the_setting(
     spin_wait: bool, models: dict[str, PAT], tmp_path: Path
 ) -> None:
-    """`PAT_ORT_SPIN_WAIT` reaches the session: off (the default) its idle threads sleep."""
+    """`spin_wait` (`PAT_ORT_SPIN_WAIT`, off by default) reaches the session: off, idle threads sleep."""
     assert Settings.model_fields["ort_spin_wait"].default is False
     backend = build_backend(
         "onnxruntime", models["S"], "cpu", cache_dir=tmp_path, threads=2, spin_wait=spin_wait
