@@ -41,20 +41,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def worker_pids(server_pid: int, service_name: str) -> list[int]:
-    """PIDs of the BentoML worker processes serving `service_name`: children of the `bentoml serve`
-    arbiter `server_pid` whose command line names the service."""
+def child_pids(parent_pid: int) -> list[int]:
+    """PIDs of the live processes whose parent is `parent_pid`."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             parent = int(stat_fields(proc)[1])
-            args = (proc / "cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue
-        if parent == server_pid and service_name.encode() in args:
+        if parent == parent_pid:
             pids.append(int(proc.name))
+    return pids
+
+
+def worker_pids(server_pid: int, service_name: str) -> list[int]:
+    """PIDs of the BentoML worker processes serving `service_name`: children of the `bentoml serve`
+    arbiter `server_pid` whose command line names the service."""
+    pids = []
+    for pid in child_pids(server_pid):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if service_name.encode() in args:
+            pids.append(pid)
     return pids
 
 

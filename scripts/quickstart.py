@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.local_server import SERVE_KEEP_ALIVE  # noqa: E402
+from scripts.local_server import BENTOML, SERVE_KEEP_ALIVE  # noqa: E402
 from scripts.quickstart_models import prepare_models  # noqa: E402
 
 
@@ -33,9 +33,8 @@ def main() -> None:
         f"Serving {tag} on http://127.0.0.1:{port} (Swagger UI at /, API under /v1). Ctrl-C stops.",
         flush=True,
     )
-    bentoml = str(Path(sys.executable).with_name("bentoml"))
     os.chdir(ROOT)
-    os.execve(bentoml, [bentoml, "serve", ".", "--host", "127.0.0.1", "--port", port, *SERVE_KEEP_ALIVE], env)
+    os.execve(BENTOML, [BENTOML, "serve", ".", "--host", "127.0.0.1", "--port", port, *SERVE_KEEP_ALIVE], env)
 
 
 if __name__ == "__main__":

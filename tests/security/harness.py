@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from scripts.local_server import Server, stat_fields
+from scripts.local_server import Server, child_pids, stat_fields
 
 PAGE = 4096
 TICKS = 100  # USER_HZ on Linux
@@ -45,19 +45,6 @@ class Outcome:
         assert self.peak_rss_mb < rss_mb, (
             f"the attack raised the worker's memory by {self.peak_rss_mb:.0f} MB"
         )
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                parent = int(stat_fields(proc)[1])
-            except OSError:
-                continue
-            if parent == pid:
-                found.append(int(proc.name))
-    return found
 
 
 def _cpu_s(pid: int) -> float:
@@ -107,7 +94,7 @@ def attack(
 
     def sample() -> None:
         while not done.is_set():
-            total = _rss_bytes(worker) + sum(_private_bytes(child) for child in _children(worker))
+            total = _rss_bytes(worker) + sum(_private_bytes(child) for child in child_pids(worker))
             peak[0] = max(peak[0], total)
             time.sleep(0.01)
 
