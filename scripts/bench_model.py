@@ -121,6 +121,9 @@ def worker(size: str, backend_name: str, batches: list[int], seconds: float, dev
     return {
         "size": size,
         "backend": backend_name,
+        # torch-bf16's attention path and what it measured of both (empty where not measured)
+        "attention": getattr(backend, "attention", None),
+        "attention_weeks_per_s": getattr(backend, "attention_weeks_per_s", {}),
         "threads": threads,
         "gate_min_cosine": gate.min_cosine,
         "gate_passed": gate.passed,
@@ -182,6 +185,10 @@ def print_rows(result: dict[str, Any], peak: float, keras_speed: dict[int, float
             f"{result['peak_rss_mib']:>9.0f}{'ok' if result['gate_passed'] else 'FAIL':>6}{ratio}",
             flush=True,
         )
+    if result.get("attention_weeks_per_s"):
+        measured = ", ".join(f"{path} {speed:.1f}" for path, speed in result["attention_weeks_per_s"].items())
+        label = f"PAT-{result['size']:<2}{result['backend']}"
+        print(f"{label}: {result['attention']} attention ({measured} weeks/s)", flush=True)
 
 
 def auto_worker(size: str, device: str) -> dict[str, Any]:

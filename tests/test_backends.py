@@ -3,6 +3,7 @@ weeks, and the start-up choice (`select_backend`) that serves only backends pass
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from pat_runner.actigraphy.preprocess import preprocess
 from pat_runner.actigraphy.readers import read_recording_file
 from pat_runner.model import WEEK_MINUTES
 from pat_runner.model.backends import (
+    ATTENTION_STEP_BYTES,
     COSINE_GATE,
     PROBABILITY_GATE,
     AccuracyGateFailed,
@@ -113,6 +115,37 @@ def test_backend_passes_the_accuracy_gate(
     else:
         assert outputs[1] is None and gate.max_probability_diff is None
     assert gate.passed
+
+
+@pytest.mark.skipif("torch-bf16" not in AVAILABLE, reason="no native bf16 on this CPU")
+@pytest.mark.parametrize("model_key", list(MODELS))
+def test_both_bf16_attention_paths_pass_the_gate(
+    model_key: str, models: dict[str, PAT], fp32_outputs: dict[str, tuple[np.ndarray, Outputs]]
+) -> None:
+    """torch-bf16 serves whichever attention path ran faster at start-up, so both must pass the gate."""
+    model = models[model_key]
+    windows, fp32 = fp32_outputs[model_key]
+    stepped_model = copy.deepcopy(model)
+    stepped_model.use_stepped_attention(ATTENTION_STEP_BYTES)
+    for backend in (TorchBackend(model, "cpu", bf16=True), TorchBackend(stepped_model, "cpu", bf16=True)):
+        gate = accuracy_gate(fp32, backend.run(windows))
+        assert gate.passed, (backend.attention, gate)
+
+
+@pytest.mark.skipif("torch-bf16" not in AVAILABLE, reason="no native bf16 on this CPU")
+def test_torch_bf16_serves_the_faster_attention_path(models: dict[str, PAT], tmp_path: Path) -> None:
+    model = models["S"]
+    served, choice = select_backend(
+        model, "torch-bf16", "cpu", cache_dir=tmp_path, threads=1, bench_seconds=0.2
+    )
+    entry = choice.measurements["torch-bf16"]
+    speeds = entry["attention_weeks_per_s"]
+    assert set(speeds) == {"sdpa", "stepped"} and all(speed > 0 for speed in speeds.values())
+    assert entry["attention"] == max(speeds, key=speeds.__getitem__)
+    assert isinstance(served, ChunkedBackend) and isinstance(served.backend, TorchBackend)
+    assert served.backend.attention == entry["attention"]
+    # the stepped path runs on a copy: the fp32 reference keeps SDPA
+    assert all(block.attention.step_bytes is None for block in model.blocks)
 
 
 @pytest.mark.skipif("onnxruntime" not in AVAILABLE, reason="onnxruntime not installed")

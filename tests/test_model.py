@@ -12,7 +12,13 @@ import torch
 
 from pat_runner import load_pat
 from pat_runner.model import WEEK_MINUTES
-from pat_runner.model.model import PAT, MissingHeadError, PATConfig, sinusoidal_positions
+from pat_runner.model.model import (
+    PAT,
+    MissingHeadError,
+    PATConfig,
+    sinusoidal_positions,
+    stepped_attention,
+)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "pat_reference"
 ENCODER_TOLERANCE = 2e-4
@@ -103,6 +109,41 @@ def test_fast_attention_path_equals_explicit_softmax() -> None:
     assert torch.allclose(fast, explicit, atol=1e-5)
     assert attention.shape == (2, 560, 560)
     assert torch.allclose(attention.sum(dim=-1), torch.ones(2, 560), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("batch", "heads", "length", "step_bytes"),
+    [
+        (1, 12, 560, 2 << 20),  # several heads per step
+        (2, 3, 60, 60 * 4),  # one query row per step
+        (3, 4, 100, 37 * 100 * 4),  # uneven query blocks (3 steps of 34, 34, 32 rows)
+        (1, 2, 50, 1 << 30),  # every head and query in one step
+    ],
+)
+def test_stepped_attention_equals_sdpa(batch: int, heads: int, length: int, step_bytes: int) -> None:
+    generator = torch.Generator().manual_seed(batch * heads + length)
+    q, k, v = (torch.randn(batch, heads, length, 96, generator=generator) for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    stepped = stepped_attention(q, k, v, step_bytes)
+    assert stepped.shape == expected.shape
+    torch.testing.assert_close(stepped, expected, atol=2e-6, rtol=1e-5)
+
+
+def test_a_model_with_stepped_attention_encodes_as_the_reference() -> None:
+    torch.manual_seed(2)
+    model = PAT(PATConfig.for_size("L", has_head=True)).eval()
+    weeks = torch.randn(2, WEEK_MINUTES)
+    with torch.inference_mode():
+        reference_patches = model.encode(weeks)
+        model.use_stepped_attention(1 << 20)
+        stepped = model.encode(weeks)
+        _, attention = model.encode(weeks, return_attention=True)
+        model.use_stepped_attention(None)
+        _, reference_attention = model.encode(weeks, return_attention=True)
+    torch.testing.assert_close(stepped, reference_patches, atol=1e-5, rtol=1e-5)
+    # the map is still the explicit softmax of the last block (its input differs by rounding only)
+    torch.testing.assert_close(attention, reference_attention, atol=1e-7, rtol=1e-5)
+    assert all(block.attention.step_bytes is None for block in model.blocks)
 
 
 def test_any_multiple_of_the_patch_size_works() -> None:

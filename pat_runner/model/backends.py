@@ -2,7 +2,8 @@
 
 Which backend is fastest depends on the machine (docs/performance.md): ONNX Runtime roughly doubles
 torch fp32 on AVX-512 EPYC CPUs, bf16 autocast pays off on CPUs with AMX and on GPUs, TensorRT on GPUs.
-So the service offers them all and, with `auto`, measures them on the loaded model at start-up.
+So the service offers them all and, with `auto`, measures them on the loaded model at start-up. Within
+torch-bf16 on a CPU, the attention path (SDPA's kernel or `stepped_attention`) is measured the same way.
 
 Every backend is checked against the fp32 PyTorch reference before it serves (`accuracy_gate`):
 encoder cosine similarity >= 0.9999 per window and head probability within 1e-3. A backend that fails
@@ -15,6 +16,7 @@ where a GPU was available; `scripts/gpu_check.sh` is the one command that checks
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
@@ -40,6 +42,9 @@ BACKENDS = ("torch", "torch-bf16", "onnxruntime", "tensorrt")
 BACKEND_CHOICES = ("auto", *BACKENDS)
 COSINE_GATE = 0.9999
 PROBABILITY_GATE = 1e-3
+#: Scores held by one step of torch-bf16's `stepped_attention` on a CPU: 1, 2 and 4 MiB ran alike for
+#: PAT-S, -M and -L on the AVX-512 EPYC VM (L2 1 MiB per core), 2 MiB at least as fast as either.
+ATTENTION_STEP_BYTES = 2 << 20
 #: Bumped when the exported graph changes, so cached ONNX files of an older export are not reused.
 EXPORT_VERSION = "1"
 ONNX_OPSET = 17
@@ -73,6 +78,13 @@ class TorchBackend:
         self.device = torch.device(device)
         self.bf16 = bf16
         self.name = "torch-bf16" if bf16 else "torch"
+        #: what `torch_bf16_backend` measured of each attention path, weeks/s; empty when not measured
+        self.attention_weeks_per_s: dict[str, float] = {}
+
+    @property
+    def attention(self) -> str:
+        """`stepped` when the model computes attention with `stepped_attention`, else `sdpa`."""
+        return "stepped" if self.model.blocks[0].attention.step_bytes is not None else "sdpa"
 
     def run(self, windows: np.ndarray) -> Outputs:
         x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
@@ -281,17 +293,49 @@ def candidates(device: str) -> list[str]:
     return names
 
 
+def torch_bf16_backend(model: PAT, device: str, *, bench_seconds: float) -> TorchBackend:
+    """torch-bf16 with the faster attention path here: SDPA's kernel, or on a CPU `stepped_attention`.
+
+    SDPA's CPU flash kernel ran bf16 no faster than fp32 on the AVX-512 EPYC VM (no AMX), where stepped
+    bf16 matmuls ran ~1.7× faster; with AMX its bf16 kernel may win. So both are timed on a calibration
+    week for `bench_seconds` in all, and the stepped one runs on its own copy of the model, leaving
+    `model` (the fp32 reference) as it is. On a GPU, SDPA is used as is.
+    """
+    sdpa = TorchBackend(model, device, bf16=True)
+    if device.startswith("cuda"):
+        return sdpa
+    stepped_model = copy.deepcopy(model)
+    stepped_model.use_stepped_attention(ATTENTION_STEP_BYTES)
+    stepped = TorchBackend(stepped_model, device, bf16=True)
+    week = calibration_windows()[:1]
+    speeds = {
+        backend.attention: weeks_per_second(backend.run, week, budget_s=bench_seconds / 2)
+        for backend in (sdpa, stepped)
+    }
+    chosen = stepped if speeds["stepped"] > speeds["sdpa"] else sdpa
+    chosen.attention_weeks_per_s = {path: round(speed, 3) for path, speed in speeds.items()}
+    return chosen
+
+
 def build_backend(
-    name: str, model: PAT, device: str, *, cache_dir: Path, threads: int, spin_wait: bool = False
+    name: str,
+    model: PAT,
+    device: str,
+    *,
+    cache_dir: Path,
+    threads: int,
+    spin_wait: bool = False,
+    bench_seconds: float = 0.5,
 ) -> Backend:
     """One backend by name; `BackendUnavailable` when it cannot run here. `spin_wait`: ONNX Runtime's
-    threads spin while waiting for work (`PAT_ORT_SPIN_WAIT`)."""
+    threads spin while waiting for work (`PAT_ORT_SPIN_WAIT`); `bench_seconds`: time torch-bf16 spends
+    choosing its attention path (`torch_bf16_backend`)."""
     if name == "torch":
         return TorchBackend(model, device)
     if name == "torch-bf16":
         if not bf16_supported(device):
             raise BackendUnavailable(f"torch-bf16 needs native bf16 on {device} (AVX512-BF16, AMX or a GPU)")
-        return TorchBackend(model, device, bf16=True)
+        return torch_bf16_backend(model, device, bench_seconds=bench_seconds)
     if name in ("onnxruntime", "tensorrt"):
         return OnnxRuntimeBackend(
             model,
@@ -413,7 +457,13 @@ def select_backend(
                 reference_backend
                 if name == "torch"
                 else build_backend(
-                    name, model, device, cache_dir=cache_dir, threads=threads, spin_wait=spin_wait
+                    name,
+                    model,
+                    device,
+                    cache_dir=cache_dir,
+                    threads=threads,
+                    spin_wait=spin_wait,
+                    bench_seconds=bench_seconds,
                 )
             )
             gate = accuracy_gate(reference, backend.run(windows))
@@ -428,6 +478,9 @@ def select_backend(
             "passed_gate": gate.passed,
             "setup_s": round(time.perf_counter() - started, 3),
         }
+        if isinstance(backend, TorchBackend) and backend.attention_weeks_per_s:
+            entry["attention"] = backend.attention
+            entry["attention_weeks_per_s"] = backend.attention_weeks_per_s
         choice.measurements[name] = entry
         if not gate.passed:
             if requested != "auto":

@@ -125,18 +125,46 @@ def sinusoidal_positions(
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
+def stepped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step_bytes: int) -> torch.Tensor:
+    """`softmax(q·kᵀ/√d)·v` for `(B, heads, P, d)` tensors, a few heads and queries at a time.
+
+    The same arithmetic as `scaled_dot_product_attention` (no mask, no dropout), done in steps whose
+    scores, `heads × queries × P` elements, fit in `step_bytes`, so each step's scores are still in the
+    cache when the softmax and the second matmul read them. On a CPU without AMX this runs bf16 attention
+    as plain bf16 matmuls at ~1.7× SDPA's rate for PAT's shapes (docs/performance.md); `TorchBackend`
+    measures it against SDPA before using it.
+    """
+    batch, heads, length, depth = q.shape
+    q = (q * (1.0 / math.sqrt(depth))).reshape(batch * heads, length, depth)
+    keys_t = k.reshape(batch * heads, length, depth).transpose(1, 2)
+    v = v.reshape(batch * heads, length, depth)
+    out = torch.empty_like(v)
+    row_bytes = length * q.element_size()
+    rows = min(length, max(1, step_bytes // row_bytes))
+    rows = math.ceil(length / math.ceil(length / rows))
+    step_heads = max(1, step_bytes // (rows * row_bytes))
+    for h in range(0, batch * heads, step_heads):
+        hs = slice(h, h + step_heads)
+        for r in range(0, length, rows):
+            scores = torch.matmul(q[hs, r : r + rows], keys_t[hs])
+            out[hs, r : r + rows] = torch.matmul(torch.softmax(scores, dim=-1), v[hs])
+    return out.view(batch, heads, length, depth)
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Keras `MultiHeadAttention(num_heads, key_dim)` applied as self-attention, without masking.
 
     Projections are stored flattened: the Keras kernel `(embed, heads, key_dim)` becomes a Linear with
     `heads·key_dim` outputs in head-major order, the output kernel `(heads, key_dim, embed)` a Linear
-    with `heads·key_dim` inputs in the same order.
+    with `heads·key_dim` inputs in the same order. `step_bytes`, when set, computes the attention with
+    `stepped_attention` instead of `scaled_dot_product_attention`.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, key_dim: int) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.key_dim = key_dim
+        self.step_bytes: int | None = None
         inner = num_heads * key_dim
         self.query = nn.Linear(embed_dim, inner)
         self.key = nn.Linear(embed_dim, inner)
@@ -157,6 +185,9 @@ class MultiHeadSelfAttention(nn.Module):
             scores = torch.matmul(q * (1.0 / math.sqrt(self.key_dim)), k.transpose(-2, -1))
             weights = torch.softmax(scores, dim=-1)
             context = torch.matmul(weights, v)
+        elif self.step_bytes is not None:
+            weights = None
+            context = stepped_attention(q, k, v, self.step_bytes)
         else:
             weights = None
             context = F.scaled_dot_product_attention(q, k, v)
@@ -260,6 +291,13 @@ class PAT(nn.Module):
         if attention is not None:
             return hidden, attention.mean(dim=1)
         return hidden
+
+    def use_stepped_attention(self, step_bytes: int | None) -> None:
+        """Every block computes attention with `stepped_attention` in steps of `step_bytes` of scores, or
+        with `scaled_dot_product_attention` again when None. The explicit path of
+        `encode(return_attention=True)` is unchanged."""
+        for block in self.blocks:
+            block.attention.step_bytes = step_bytes
 
     def _require_head(self) -> ClassifierHead:
         if self.head is None:
