@@ -114,10 +114,10 @@ def test_fast_attention_path_equals_explicit_softmax() -> None:
 @pytest.mark.parametrize(
     ("batch", "heads", "length", "step_bytes"),
     [
-        (1, 12, 560, 2 << 20),  # several heads per step
+        (1, 12, 560, 2 << 20),  # every query of a head in one step
         (2, 3, 60, 60 * 4),  # one query row per step
         (3, 4, 100, 37 * 100 * 4),  # uneven query blocks (3 steps of 34, 34, 32 rows)
-        (1, 2, 50, 1 << 30),  # every head and query in one step
+        (1, 2, 1120, 2 << 20),  # PAT-L's 1,120 patches: two blocks of 560 queries
     ],
 )
 def test_stepped_attention_equals_sdpa(batch: int, heads: int, length: int, step_bytes: int) -> None:

@@ -42,8 +42,9 @@ BACKENDS = ("torch", "torch-bf16", "onnxruntime", "tensorrt")
 BACKEND_CHOICES = ("auto", *BACKENDS)
 COSINE_GATE = 0.9999
 PROBABILITY_GATE = 1e-3
-#: Scores held by one step of torch-bf16's `stepped_attention` on a CPU: 1, 2 and 4 MiB ran alike for
-#: PAT-S, -M and -L on the AVX-512 EPYC VM (L2 1 MiB per core), 2 MiB at least as fast as either.
+#: Scores held by one step of torch-bf16's `stepped_attention` on a CPU: a whole head for PAT-S and -M
+#: (0.6 MiB of bf16 scores), two blocks of 560 queries for PAT-L; fastest of 0.5, 1 and 2 MiB on the
+#: AVX-512 EPYC VM (L2 1 MiB per core), docs/performance.md.
 ATTENTION_STEP_BYTES = 2 << 20
 #: Bumped when the exported graph changes, so cached ONNX files of an older export are not reused.
 EXPORT_VERSION = "1"

@@ -126,28 +126,27 @@ def sinusoidal_positions(
 
 
 def stepped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step_bytes: int) -> torch.Tensor:
-    """`softmax(q·kᵀ/√d)·v` for `(B, heads, P, d)` tensors, a few heads and queries at a time.
+    """`softmax(q·kᵀ/√d)·v` for `(B, heads, P, d)` tensors, one head and a block of queries at a time.
 
     The same arithmetic as `scaled_dot_product_attention` (no mask, no dropout), done in steps whose
-    scores, `heads × queries × P` elements, fit in `step_bytes`, so each step's scores are still in the
-    cache when the softmax and the second matmul read them. On a CPU without AMX this runs bf16 attention
-    as plain bf16 matmuls at ~1.7× SDPA's rate for PAT's shapes (docs/performance.md); `TorchBackend`
-    measures it against SDPA before using it.
+    scores, `queries × P` elements of one head, fit in `step_bytes`, so each step's scores are still in
+    the cache when the softmax and the second matmul read them. On a CPU without AMX this runs bf16
+    attention as plain bf16 matmuls at ~1.7× SDPA's rate for PAT's shapes (docs/performance.md);
+    `TorchBackend` measures it against SDPA before using it.
     """
     batch, heads, length, depth = q.shape
-    q = (q * (1.0 / math.sqrt(depth))).reshape(batch * heads, length, depth)
-    keys_t = k.reshape(batch * heads, length, depth).transpose(1, 2)
+    q = q.reshape(batch * heads, length, depth) * (1.0 / math.sqrt(depth))
+    # (batch·heads, d, P) in one copy, rather than a copy of a transposed slice on every step
+    keys_t = k.transpose(-2, -1).reshape(batch * heads, depth, length)
     v = v.reshape(batch * heads, length, depth)
     out = torch.empty_like(v)
-    row_bytes = length * q.element_size()
-    rows = min(length, max(1, step_bytes // row_bytes))
+    rows = min(length, max(1, step_bytes // (length * q.element_size())))
     rows = math.ceil(length / math.ceil(length / rows))
-    step_heads = max(1, step_bytes // (rows * row_bytes))
-    for h in range(0, batch * heads, step_heads):
-        hs = slice(h, h + step_heads)
-        for r in range(0, length, rows):
-            scores = torch.matmul(q[hs, r : r + rows], keys_t[hs])
-            out[hs, r : r + rows] = torch.matmul(torch.softmax(scores, dim=-1), v[hs])
+    # Heads are indexed, never sliced in groups: the matmuls take 2-D operands without copying them.
+    for head in range(batch * heads):
+        for row in range(0, length, rows):
+            scores = torch.matmul(q[head, row : row + rows], keys_t[head])
+            torch.matmul(torch.softmax(scores, dim=-1), v[head], out=out[head, row : row + rows])
     return out.view(batch, heads, length, depth)
 
 
