@@ -297,10 +297,10 @@ def candidates(device: str) -> list[str]:
 def torch_bf16_backend(model: PAT, device: str, *, bench_seconds: float) -> TorchBackend:
     """torch-bf16 with the faster attention path here: SDPA's kernel, or on a CPU `stepped_attention`.
 
-    SDPA's CPU flash kernel ran bf16 no faster than fp32 on the AVX-512 EPYC VM (no AMX), where stepped
-    bf16 matmuls ran ~1.7× faster; with AMX its bf16 kernel may win. So both are timed on a calibration
-    week for `bench_seconds` in all, and the stepped one runs on its own copy of the model, leaving
-    `model` (the fp32 reference) as it is. On a GPU, SDPA is used as is.
+    SDPA's CPU flash kernel ran bf16 no faster than fp32 on the AVX-512 EPYC VM (no AMX), where the
+    stepped path made the whole model ~1.5× faster; with AMX its bf16 kernel may win. So both are timed
+    on a calibration week for `bench_seconds` in all, and the stepped one runs on its own copy of the
+    model, leaving `model` (the fp32 reference) as it is. On a GPU, SDPA is used as is.
     """
     sdpa = TorchBackend(model, device, bf16=True)
     if device.startswith("cuda"):

@@ -130,13 +130,13 @@ def stepped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step_by
 
     The same arithmetic as `scaled_dot_product_attention` (no mask, no dropout), done in steps whose
     scores, `queries × P` elements of one head, fit in `step_bytes`, so each step's scores are still in
-    the cache when the softmax and the second matmul read them. On a CPU without AMX this runs bf16
-    attention as plain bf16 matmuls at ~1.7× SDPA's rate for PAT's shapes (docs/performance.md);
-    `TorchBackend` measures it against SDPA before using it.
+    the cache when the softmax and the second matmul read them. On a CPU without AMX this made bf16
+    PAT-S, -M and -L ~1.5× faster than with SDPA's kernel (docs/performance.md); torch-bf16 measures
+    it against SDPA before using it.
     """
     batch, heads, length, depth = q.shape
     q = q.reshape(batch * heads, length, depth) * (1.0 / math.sqrt(depth))
-    # (batch·heads, d, P) in one copy, rather than a copy of a transposed slice on every step
+    # (batch·heads, d, P): a view for one week, one copy for a batch, never a copy per step
     keys_t = k.transpose(-2, -1).reshape(batch * heads, depth, length)
     v = v.reshape(batch * heads, length, depth)
     out = torch.empty_like(v)
