@@ -2,7 +2,7 @@
 
     python scripts/bench_model.py [--sizes S M L] [--batches 1 8 32] [--backends torch onnxruntime ...]
                                   [--seconds 2] [--threads 0] [--device cpu|cuda] [--[no-]keras]
-                                  [--[no-]auto] [--json out.json]
+                                  [--[no-]auto] [--rounds 1] [--json out.json]
 
 Each (size, backend) runs in a fresh child process, so its peak RSS is its own. The weights are the
 shared reference fixtures (`../shared/fixtures/pat_reference`, the original Keras layout) when present,
@@ -25,6 +25,11 @@ embeddings of the calibration windows are compared with the fp32 PyTorch port's 
 in the JSON) to show the same weights were loaded. Keras needs the fixtures (it reads the H5 itself) and
 runs where TensorFlow puts it: the CPU with the pinned wheel (a GPU needs `tensorflow[and-cuda]`); the
 JSON records which.
+
+With `--rounds N` the whole measurement (every size, Keras and each backend in turn) repeats N times
+and ends with each backend's ratio to Keras per batch over the rounds: median, lowest and highest. On
+a shared VM a single run's ratio moved by ±15 % (docs/performance.md, "Stepped bf16 attention"); the
+rounds interleave the Keras and backend timings so that a slow minute falls on both.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import argparse
 import importlib.util
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -191,6 +197,23 @@ def print_rows(result: dict[str, Any], peak: float, keras_speed: dict[int, float
         print(f"{label}: {result['attention']} attention ({measured} weeks/s)", flush=True)
 
 
+def print_keras_ratios(results: list[dict[str, Any]]) -> None:
+    """Each backend's ratio to Keras per size and batch over the rounds: median (lowest–highest)."""
+    ratios: dict[tuple[str, str, int], list[float]] = {}
+    for result in results:
+        for row in result["rows"]:
+            if result["backend"] != "keras" and row.get("vs_keras") is not None:
+                key = (result["size"], result["backend"], row["batch"])
+                ratios.setdefault(key, []).append(row["vs_keras"])
+    print("× keras over the rounds: median (lowest–highest)")
+    for (size, backend, batch), values in ratios.items():
+        print(
+            f"PAT-{size:<2}{backend:<13}{batch:>6}{statistics.median(values):>9.2f} "
+            f"({min(values):.2f}–{max(values):.2f}, {len(values)} rounds)",
+            flush=True,
+        )
+
+
 def auto_worker(size: str, device: str) -> dict[str, Any]:
     """What the model service's `auto` chooses for `size` here (runs in its own process)."""
     model = load_model(size, device)
@@ -250,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="also show what PAT_BACKEND=auto chooses (default: when every candidate backend is measured)",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat the measurement; summarises the ratios to Keras"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "BACKEND"), help=argparse.SUPPRESS)
     parser.add_argument("--auto-worker", metavar="SIZE", help=argparse.SUPPRESS)
@@ -286,7 +312,9 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     autos: list[dict[str, Any]] = []
     keras_meta: dict[str, Any] = {}
-    for size in args.sizes:
+    for round_index, size in ((r, size) for r in range(args.rounds) for size in args.sizes):
+        if args.rounds > 1 and size == args.sizes[0]:
+            print(f"round {round_index + 1} of {args.rounds}", flush=True)
         keras_speed: dict[int, float] | None = None
         if args.keras:
             baseline = run_keras(size, args)
@@ -294,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
             if baseline is not None:
                 keras_speed = {row["batch"]: row["weeks_per_s"] for row in baseline["rows"]}
                 print_rows(baseline, peak["fp32"], keras_speed)
-                results.append(baseline)
+                results.append({**baseline, "round": round_index})
                 keras_meta = {k: baseline[k] for k in ("tensorflow", "tf_keras", "call", "device")}
         for name in backends:
             command = [sys.executable, __file__, "--worker", size, name, "--device", args.device]
@@ -307,11 +335,13 @@ def main(argv: list[str] | None = None) -> None:
             result = json.loads(done.stdout.strip().splitlines()[-1])
             reference_peak = peak["bf16"] if name in ("torch-bf16", "tensorrt") else peak["fp32"]
             print_rows(result, reference_peak, keras_speed)
-            results.append(result)
+            results.append({**result, "round": round_index})
         if args.auto:
-            auto = compare_auto(size, results, args)
+            auto = compare_auto(size, [r for r in results if r["round"] == round_index], args)
             if auto is not None:
-                autos.append(auto)
+                autos.append({**auto, "round": round_index})
+    if args.rounds > 1 and args.keras:
+        print_keras_ratios(results)
     if args.json:
         payload = {
             "torch": torch.__version__,
