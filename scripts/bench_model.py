@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", nargs=2, metavar=("SIZE", "BACKEND"), help=argparse.SUPPRESS)
     parser.add_argument("--auto-worker", metavar="SIZE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.worker:
