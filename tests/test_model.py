@@ -122,11 +122,14 @@ def test_fast_attention_path_equals_explicit_softmax() -> None:
 )
 def test_stepped_attention_equals_sdpa(batch: int, heads: int, length: int, step_bytes: int) -> None:
     generator = torch.Generator().manual_seed(batch * heads + length)
-    q, k, v = (torch.randn(batch, heads, length, 96, generator=generator) for _ in range(3))
-    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    stepped = stepped_attention(q, k, v, step_bytes)
-    assert stepped.shape == expected.shape
-    torch.testing.assert_close(stepped, expected, atol=2e-6, rtol=1e-5)
+    # projections as the Linear layers give them: (batch, length, heads·96), head-major columns
+    q, k, v = (torch.randn(batch, length, heads * 96, generator=generator) for _ in range(3))
+    per_head = [t.view(batch, length, heads, 96).transpose(1, 2) for t in (q, k, v)]
+    expected = torch.nn.functional.scaled_dot_product_attention(*per_head)
+    stepped = stepped_attention(q, k, v, heads, step_bytes)
+    assert stepped.shape == (batch, length, heads * 96)
+    merged = expected.transpose(1, 2).reshape(batch, length, heads * 96)
+    torch.testing.assert_close(stepped, merged, atol=2e-6, rtol=1e-5)
 
 
 def test_a_model_with_stepped_attention_encodes_as_the_reference() -> None:

@@ -125,8 +125,11 @@ def sinusoidal_positions(
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
-def stepped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step_bytes: int) -> torch.Tensor:
-    """`softmax(q·kᵀ/√d)·v` for `(B, heads, P, d)` tensors, one head and a block of queries at a time.
+def stepped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, step_bytes: int
+) -> torch.Tensor:
+    """`softmax(q·kᵀ/√d)·v` per head for projections `(B, P, heads·d)` in head-major order, one head and
+    a block of queries at a time; returns the merged context `(B, P, heads·d)`.
 
     The same arithmetic as `scaled_dot_product_attention` (no mask, no dropout), done in steps whose
     scores, `queries × P` elements of one head, fit in `step_bytes`, so each step's scores are still in
@@ -134,20 +137,23 @@ def stepped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step_by
     PAT-S, -M and -L ~1.5× faster than with SDPA's kernel (docs/performance.md); torch-bf16 measures
     it against SDPA before using it.
     """
-    batch, heads, length, depth = q.shape
-    q = q.reshape(batch * heads, length, depth) * (1.0 / math.sqrt(depth))
-    # (batch·heads, d, P): a view for one week, one copy for a batch, never a copy per step
-    keys_t = k.transpose(-2, -1).reshape(batch * heads, depth, length)
-    v = v.reshape(batch * heads, length, depth)
+    batch, length, inner = q.shape
+    depth = inner // num_heads
+    q = q * (1.0 / math.sqrt(depth))
     out = torch.empty_like(v)
     rows = min(length, max(1, step_bytes // (length * q.element_size())))
     rows = math.ceil(length / math.ceil(length / rows))
-    # Heads are indexed, never sliced in groups: the matmuls take 2-D operands without copying them.
-    for head in range(batch * heads):
-        for row in range(0, length, rows):
-            scores = torch.matmul(q[head, row : row + rows], keys_t[head])
-            torch.matmul(torch.softmax(scores, dim=-1), v[head], out=out[head, row : row + rows])
-    return out.view(batch, heads, length, depth)
+    # One head is a column slice of the projections: a 2-D strided view that the matmuls read and
+    # write in place (a leading dimension of heads·d), so no head-major copy is ever made.
+    for week in range(batch):
+        for head in range(num_heads):
+            columns = slice(head * depth, (head + 1) * depth)
+            keys_t, values = k[week, :, columns].t(), v[week, :, columns]
+            for row in range(0, length, rows):
+                block = slice(row, row + rows)
+                scores = torch.mm(q[week, block, columns], keys_t)
+                torch.mm(torch.softmax(scores, dim=-1), values, out=out[week, block, columns])
+    return out
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -178,15 +184,17 @@ class MultiHeadSelfAttention(nn.Module):
         self, x: torch.Tensor, *, return_attention: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`(B, P, E)` → `(B, P, E)` and, when asked, the attention weights `(B, heads, P, P)`."""
+        if self.step_bytes is not None and not return_attention:
+            context = stepped_attention(
+                self.query(x), self.key(x), self.value(x), self.num_heads, self.step_bytes
+            )
+            return self.output(context), None
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         if return_attention:
             # Keras scales the query before the dot product (MultiHeadAttention._compute_attention).
             scores = torch.matmul(q * (1.0 / math.sqrt(self.key_dim)), k.transpose(-2, -1))
             weights = torch.softmax(scores, dim=-1)
             context = torch.matmul(weights, v)
-        elif self.step_bytes is not None:
-            weights = None
-            context = stepped_attention(q, k, v, self.step_bytes)
         else:
             weights = None
             context = F.scaled_dot_product_attention(q, k, v)
