@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # where ONNX exports (and TensorRT engines) are cached; empty: next to the stored model when
     # writable, else a per-user temporary folder
     onnx_cache_dir: str = Field("")
+    # free memory glibc's heap keeps for the next forward pass instead of giving it back to the kernel
+    # (pat_runner/model/malloc.py); 0 leaves glibc's adaptive default
+    malloc_trim_threshold_mb: int = Field(256, ge=0, le=2047)
     # ONNX Runtime's intra-op threads spin while they wait for work: faster alone, but the spinning takes
     # the CPU an API worker on the same cores needs (docs/performance.md, "Chosen defaults and why")
     ort_spin_wait: bool = Field(False)

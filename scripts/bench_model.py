@@ -7,7 +7,8 @@
 Each (size, backend) runs in a fresh child process, so its peak RSS is its own. The weights are the
 shared reference fixtures (`../shared/fixtures/pat_reference`, the original Keras layout) when present,
 else seeded random ones; throughput does not depend on the values. ONNX Runtime runs as the model
-service configures it (`PAT_ORT_SPIN_WAIT` from the environment, off by default). Before timing, every
+service configures it (`PAT_ORT_SPIN_WAIT` from the environment, off by default), and every child sets
+glibc's malloc as the model service does (`PAT_MALLOC_TRIM_THRESHOLD_MB`). Before timing, every
 backend is checked against fp32 torch with the service's accuracy gate (the `gate` column). The matmul
 peak is measured in the same run (square fp32 and bf16 matmuls), and each row's achieved FLOP rate
 (analytic FLOPs of one PAT forward pass) is shown as a fraction of the peak of its precision.
@@ -61,6 +62,7 @@ from pat_runner.model.backends import (  # noqa: E402
     candidates,
     select_backend,
 )
+from pat_runner.model.malloc import retain_freed_memory  # noqa: E402
 from pat_runner.model.model import PAT, PATConfig  # noqa: E402
 from pat_runner.settings import Settings  # noqa: E402
 from scripts.timing import time_batches  # noqa: E402
@@ -284,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--rounds must be at least 1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    retain_freed_memory(Settings().malloc_trim_threshold_mb)
     if args.worker:
         result = worker(*args.worker, args.batches, args.seconds, args.device)
         print(json.dumps(result))

@@ -23,6 +23,7 @@ from pat_runner.errors import ServiceError
 from pat_runner.model import WEEK_MINUTES
 from pat_runner.model.backends import TorchBackend
 from pat_runner.model.info import ModelInfo
+from pat_runner.model.malloc import retain_freed_memory
 from pat_runner.model.store import load_stored_pat, read_model_info, read_stored_scaler
 from pat_runner.serving.runner import run_model
 from pat_runner.settings import Settings
@@ -111,7 +112,14 @@ class PatEncoder:
     the model service's adaptive batching does; the mean-pooled embedding and the head's probability
     per window come back, split per recording."""
 
-    def __init__(self, tag: str, device: str = "cpu", torch_threads: int = 0) -> None:
+    def __init__(
+        self,
+        tag: str,
+        device: str = "cpu",
+        torch_threads: int = 0,
+        malloc_trim_threshold_mb: int = Settings.model_fields["malloc_trim_threshold_mb"].default,
+    ) -> None:
+        retain_freed_memory(malloc_trim_threshold_mb)
         if torch_threads > 0:
             import torch
 

@@ -178,7 +178,12 @@ def run_backfill(
     )
     encoded = prepared.map_batches(
         PatEncoder,
-        fn_constructor_kwargs={"tag": model_tag, "device": device, "torch_threads": 1},
+        fn_constructor_kwargs={
+            "tag": model_tag,
+            "device": device,
+            "torch_threads": 1,
+            "malloc_trim_threshold_mb": settings.malloc_trim_threshold_mb,
+        },
         batch_size=batch_size,
         concurrency=workers,
         num_cpus=0 if gpu else 1,

@@ -31,6 +31,7 @@ from bentoml.exceptions import BentoMLException
 
 from pat_runner import telemetry
 from pat_runner.model.backends import Backend, default_cache_dir, select_backend
+from pat_runner.model.malloc import retain_freed_memory
 from pat_runner.model.store import StoredPAT, load_stored_pat, resolve_model
 from pat_runner.serving.batching import bound_batch_wait
 from pat_runner.serving.lifecycle import drain_after, settle_heap, stop_server_on_failure
@@ -191,6 +192,8 @@ class PATModel:
 
     def __init__(self) -> None:
         with stop_server_on_failure("model"):
+            # before the first tensor, so the start-up benchmark runs as the service will
+            retains_memory = retain_freed_memory(settings.malloc_trim_threshold_mb)
             threads = worker_threads(settings.torch_threads, settings.runner_workers)
             torch.set_num_threads(threads)
             self.device = pick_device(settings.device)
@@ -219,6 +222,7 @@ class PATModel:
                 "device": self.device,
                 "size": self.stored.info.size,
                 "backend": self.choice.backend,
+                "malloc_retains_freed_memory": retains_memory,
             },
         )
         settle_heap(settings.gc_gen0_threshold)
