@@ -3,8 +3,8 @@
 torch takes every activation, projection and score block from the C heap. glibc's default thresholds
 adapt to the sizes it sees: a freed block of a few MiB at the top of the heap is given back to the
 kernel (trim) and the next pass faults the same pages in again, zeroed. Whether that happens depends
-on the order of the first allocations, so it differs from one process start to the next: PAT-M under
-torch took 0 or ~5,000 page faults per week, ~10 ms of kernel time, 20–50 % of its throughput
+on the order of the first allocations, so it differs from one process start to the next: PAT-M took
+from none to ~5,800 page faults per week, up to ~11 ms of kernel time and 27 % of its throughput
 (docs/performance.md, "Memory given back to the kernel between passes"). Fixed thresholds make every
 start behave as the good case: blocks up to `MMAP_THRESHOLD_MAX` come from the heap, and the heap
 keeps up to `trim_threshold_mb` of free memory at its top instead of trimming it.
