@@ -15,16 +15,17 @@ from pat_runner.model.malloc import retain_freed_memory
 ROOT = Path(__file__).resolve().parents[1]
 
 # A fresh interpreter per case: the thresholds are process-wide and would change this session's heap.
-# PAT-M under bf16 autocast with stepped attention, the model and path that faulted most (~3,000 page
-# faults per warm pass with glibc's adaptive thresholds in some process starts, none in others).
+# PAT-M under bf16 autocast with stepped attention as torch-bf16 serves it (2,400-6,200 page faults per
+# warm pass with glibc's adaptive thresholds in three process starts; none in some other starts).
 PASSES = """
 import json, resource, sys, torch
+from pat_runner.model.backends import ATTENTION_STEP_BYTES
 from pat_runner.model.malloc import retain_freed_memory
 from pat_runner.model.model import PAT, PATConfig
 applied = retain_freed_memory(int(sys.argv[1]))
 torch.manual_seed(0)
 model = PAT(PATConfig.for_size("M")).eval()
-model.use_stepped_attention(2 << 20)
+model.use_stepped_attention(ATTENTION_STEP_BYTES)
 weeks = torch.randn(2, 10080)
 with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
     for _ in range(5):
