@@ -4,6 +4,8 @@ weeks, and the start-up choice (`select_backend`) that serves only backends pass
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import os
 from pathlib import Path
 
@@ -217,6 +219,22 @@ def test_auto_serves_the_fastest_backend_that_passes(models: dict[str, PAT], tmp
     records = run_model(backend, np.zeros((2, WEEK_MINUTES), np.float32))
     assert records["backend"].tolist() == [choice.backend.encode()] * 2
     assert np.isfinite(records["probability"]).all()
+
+
+def test_the_choice_and_its_figures_are_in_the_log_line(
+    models: dict[str, PAT], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The model worker's lines go through BentoML's text formatter, which drops `extra` fields, so an
+    operator reads the choice and the start-up figures in the message itself."""
+    with caplog.at_level(logging.INFO, logger="pat_runner.model.backends"):
+        _, choice = select_backend(
+            models["S"], "torch", "cpu", cache_dir=tmp_path, threads=1, bench_seconds=0.05
+        )
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("PAT backend chosen")]
+    assert line.startswith("PAT backend chosen: torch (requested torch, device cpu, chunk ")
+    figures = json.loads(line.split("start-up measurements: ", 1)[1])
+    assert figures == json.loads(json.dumps(choice.measurements))
+    assert set(figures["torch"]["weeks_per_s"]) == {"1", "4"} and figures["torch"]["passed_gate"]
 
 
 def test_explicit_backend_is_gated_and_unavailable_ones_refused(

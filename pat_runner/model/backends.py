@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import math
 import os
@@ -509,15 +510,15 @@ def select_backend(
         throughput = choice.measurements[choice.backend]["weeks_per_s"]
         choice.chunk = int(max(throughput, key=throughput.__getitem__))
         served = ChunkedBackend(served, choice.chunk)
+    # In the message, not in `extra`: BentoML's text formatter, which writes the model worker's log
+    # lines, drops a record's extra fields.
     logger.info(
-        "PAT backend chosen",
-        extra={
-            "backend": choice.backend,
-            "requested": requested,
-            "device": device,
-            "chunk": choice.chunk,
-            "measurements": choice.measurements,
-        },
+        "PAT backend chosen: %s (requested %s, device %s, chunk %s); start-up measurements: %s",
+        choice.backend,
+        requested,
+        device,
+        choice.chunk,
+        json.dumps(choice.measurements, sort_keys=True),
     )
     return served, choice
 

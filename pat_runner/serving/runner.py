@@ -216,14 +216,12 @@ class PATModel:
         telemetry.record_worker_start("model")
         telemetry.record_model_info(self.stored.info, backend=self.choice.backend, device=self.device)
         logger.info(
-            "PAT model loaded",
-            extra={
-                "model_tag": self.stored.tag,
-                "device": self.device,
-                "size": self.stored.info.size,
-                "backend": self.choice.backend,
-                "malloc_retains_freed_memory": retains_memory,
-            },
+            "PAT model loaded: %s (PAT-%s) on %s, backend %s, freed heap memory kept: %s",
+            self.stored.tag,
+            self.stored.info.size,
+            self.device,
+            self.choice.backend,
+            retains_memory,
         )
         settle_heap(settings.gc_gen0_threshold)
 
