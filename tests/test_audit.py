@@ -257,6 +257,18 @@ def test_redaction_filter_removes_tokens_from_messages_and_tracebacks() -> None:
     assert "Illegal ID token provided: [REDACTED]" in json.loads(line)["exception"]
 
 
+def test_a_records_request_id_is_in_its_json_line() -> None:
+    """The 500 runbook (docs/operations.md) finds a failing request by the id in `unhandled … answered
+    with 500`, which `ErrorEnvelopeMiddleware` passes as `extra`."""
+    record = logging.LogRecord(
+        "pat.http", logging.ERROR, __file__, 1, "unhandled %s answered with 500", ("KeyError",), None
+    )
+    record.request_id = "3f2a9c"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "unhandled KeyError answered with 500" and line["request_id"] == "3f2a9c"
+    assert "request_id" not in json.loads(JsonFormatter().format(logging.makeLogRecord({"msg": "x"})))
+
+
 def test_configure_logging_emits_json_and_is_idempotent(
     logs: ListHandler, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -287,7 +287,8 @@ class ValidationInputFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC), level, logger, message, and the `audit` fields if any."""
+    """One JSON object per line: time (UTC), level, logger, message, the request id of a record about one
+    request (`extra={"request_id": …}`), and the `audit` fields if any."""
 
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
@@ -296,6 +297,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request_id = getattr(record, "request_id", None)
+        if isinstance(request_id, str):
+            payload["request_id"] = request_id
         audit = getattr(record, "audit", None)
         if isinstance(audit, dict):
             payload["audit"] = audit
